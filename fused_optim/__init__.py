@@ -1,0 +1,12 @@
+"""fused_optim: drop-in fused optimizers, gradient clipping and normalization layers for PyTorch.
+
+    import fused_optim as fo
+    opt = fo.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+"""
+
+from ._backend import BACKENDS, BackendInfo, available_backends
+from .optim import SGD, Adam, AdamW
+
+__version__ = "0.1.0"
+
+__all__ = ["SGD", "Adam", "AdamW", "available_backends", "BackendInfo", "BACKENDS", "__version__"]

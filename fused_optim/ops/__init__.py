@@ -1,0 +1,1 @@
+"""Backend-neutral entry points: each op picks the reference, C++ or Triton implementation."""

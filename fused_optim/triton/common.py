@@ -1,0 +1,118 @@
+"""Pieces shared by the Triton kernels."""
+
+import torch
+import triton
+import triton.language as tl
+
+TL_DTYPES = {
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+}
+
+
+@triton.jit
+def to_storage(x, DTYPE: tl.constexpr):
+    """Cast a computed value to the storage dtype, bfloat16 rounded to nearest even.
+
+    The rounding is written out so every Triton target (and the CPU interpreter, which would
+    truncate) stores the same bits as torch and the C++ kernels.
+    """
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(x != x, 0x7FC0, rounded)
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit
+def sqrt_rn(x):
+    """Square root rounded to nearest (fp32's tl.sqrt is approximate; fp64's is exact)."""
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def div_rn(x, y):
+    """Division rounded to nearest (fp32's ``/`` is approximate; fp64's is exact)."""
+    if x.dtype == tl.float64:
+        return x / y
+    else:
+        return tl.div_rn(x, y)
+
+
+@triton.jit
+def power(base, exponent):
+    """base ** exponent for a float64 base and a non-negative integer exponent, by squaring."""
+    result = base * 0.0 + 1.0
+    while exponent > 0:
+        if exponent % 2 == 1:
+            result = result * base
+        base = base * base
+        exponent = exponent // 2
+    return result
+
+
+def float64_bits(values):
+    """Float64 values as int64 words, to travel in an int64 table."""
+    return torch.tensor(values, dtype=torch.float64).view(torch.int64)
+
+
+class ChunkTable:
+    """(tensor, start) pairs cutting tensors into chunks of ``chunk`` elements, one per program.
+
+    Cached per list of sizes and device, so a steady training loop builds it once.
+    """
+
+    def __init__(self, chunk):
+        self.chunk = chunk
+        self._cache = {}
+
+    def get(self, numels, device):
+        key = (tuple(numels), str(device))
+        table = self._cache.get(key)
+        if table is None:
+            pairs = [(t, start) for t, n in enumerate(numels) for start in range(0, n, self.chunk)]
+            table = torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2).to(device)
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[key] = table
+        return table
+
+
+def flat_views(tensors, written):
+    """Each tensor as a flat array in its own memory order, plus copies to write back.
+
+    Tensors sharing one dense layout are used in place; anything else is stepped on contiguous
+    copies, written back by ``write_back``.
+    """
+    first = tensors[0]
+    same = all(t.is_contiguous() for t in tensors) or (
+        first.is_non_overlapping_and_dense() and all(t.stride() == first.stride() for t in tensors)
+    )
+    if same:
+        return list(tensors), []
+    flat, pending = [], []
+    for t, is_written in zip(tensors, written):
+        if t.is_contiguous():
+            flat.append(t)
+        else:
+            copy = t.contiguous()
+            flat.append(copy)
+            if is_written:
+                pending.append((t, copy))
+    return flat, pending
+
+
+def write_back(pending):
+    for destination, copy in pending:
+        destination.copy_(copy)
+
+
+def real(t):
+    return torch.view_as_real(t) if t.is_complex() else t

@@ -1,0 +1,188 @@
+"""Multi-tensor Adam/AdamW and SGD: every tensor of a (param group, device, dtype) in one launch.
+
+The launcher packs one int64 table per step: a header of hyperparameters (float64 bits, so the
+bias corrections see the exact float64 betas) and one row per tensor: pointers to the
+parameter, gradient and state, the element count, and the step (Adam) or first-step flag (SGD).
+A cached table of (tensor, start) chunks gives each program CHUNK elements of one tensor. Bias
+corrections are computed in the kernel, in float64, from each tensor's own step, so tensors at
+different steps share the launch; the element math runs in float32 (float64 for float64
+parameters) and rounds once at the store.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (TL_DTYPES, ChunkTable, div_rn, flat_views, float64_bits, power, real, sqrt_rn, to_storage,
+                     write_back)
+
+BLOCK = 1024
+CHUNK = 4 * BLOCK
+HEADER = 8
+ROW = 8
+
+_chunks = ChunkTable(CHUNK)
+
+
+@triton.jit
+def _header(table, index):
+    return tl.load(table + index).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def multi_tensor_adam_kernel(table, chunks, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
+                             AMSGRAD: tl.constexpr, L2: tl.constexpr, LERP_FROM_START: tl.constexpr,
+                             BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(chunks + 2 * pid)
+    start = tl.load(chunks + 2 * pid + 1)
+    lr = _header(table, 0)
+    beta1 = _header(table, 1)
+    beta2 = _header(table, 2)
+    row = table + 8 + 8 * t
+    p_ptr = tl.load(row).to(tl.pointer_type(P))
+    g_ptr = tl.load(row + 1).to(tl.pointer_type(P))
+    m_ptr = tl.load(row + 2).to(tl.pointer_type(S))
+    v_ptr = tl.load(row + 3).to(tl.pointer_type(S))
+    n = tl.load(row + 5)
+    step = tl.load(row + 6).to(tl.float64, bitcast=True).to(tl.int64)
+
+    neg_step_size = (-(lr / (1.0 - power(beta1, step)))).to(C)
+    bias_correction2_sqrt = sqrt_rn(1.0 - power(beta2, step)).to(C)
+    one_minus_beta1 = (1.0 - beta1).to(C)
+    one_minus_weight = 1.0 - one_minus_beta1
+    b2 = beta2.to(C)
+    one_minus_beta2 = (1.0 - beta2).to(C)
+    eps = _header(table, 3).to(C)
+    l2 = _header(table, 4).to(C)
+    decay = _header(table, 5).to(C)
+    sign = _header(table, 6).to(C)
+
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        mask = offs < n
+        param = tl.load(p_ptr + offs, mask=mask, other=0.0).to(C)
+        grad = sign * tl.load(g_ptr + offs, mask=mask, other=0.0).to(C)
+        if L2:
+            grad = grad + l2 * param
+        param = param * decay
+        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(C)
+        if LERP_FROM_START:
+            m = m + one_minus_beta1 * (grad - m)
+        else:
+            m = grad - (grad - m) * one_minus_weight
+        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(C) * b2
+        v = v + (one_minus_beta2 * grad) * grad
+        v_used = v
+        if AMSGRAD:
+            vmax_ptr = tl.load(row + 4).to(tl.pointer_type(S))
+            v_max = tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(C)
+            v_used = tl.where((v > v_max) | (v != v), v, v_max)
+            tl.store(vmax_ptr + offs, v_used.to(S), mask=mask)
+        denom = div_rn(sqrt_rn(v_used), bias_correction2_sqrt) + eps
+        param = param + div_rn(neg_step_size * m, denom)
+        tl.store(m_ptr + offs, m.to(S), mask=mask)
+        tl.store(v_ptr + offs, v.to(S), mask=mask)
+        tl.store(p_ptr + offs, to_storage(param, P), mask=mask)
+
+
+@triton.jit
+def multi_tensor_sgd_kernel(table, chunks, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
+                            MOMENTUM: tl.constexpr, L2: tl.constexpr, NESTEROV: tl.constexpr,
+                            BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(chunks + 2 * pid)
+    start = tl.load(chunks + 2 * pid + 1)
+    neg_lr = (-_header(table, 0)).to(C)
+    momentum = _header(table, 1).to(C)
+    one_minus_dampening = (1.0 - _header(table, 2)).to(C)
+    weight_decay = _header(table, 3).to(C)
+    sign = _header(table, 4).to(C)
+    row = table + 8 + 8 * t
+    p_ptr = tl.load(row).to(tl.pointer_type(P))
+    g_ptr = tl.load(row + 1).to(tl.pointer_type(P))
+    n = tl.load(row + 5)
+
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        mask = offs < n
+        param = tl.load(p_ptr + offs, mask=mask, other=0.0).to(C)
+        grad = sign * tl.load(g_ptr + offs, mask=mask, other=0.0).to(C)
+        if L2:
+            grad = grad + weight_decay * param
+        if MOMENTUM:
+            buf_ptr = tl.load(row + 2).to(tl.pointer_type(S))
+            first = tl.load(row + 6) != 0
+            # On a first step the buffer holds nothing yet: it is not read, only written.
+            old = tl.load(buf_ptr + offs, mask=mask & (not first), other=0.0).to(C)
+            buf = tl.where(first, grad, old * momentum + one_minus_dampening * grad)
+            tl.store(buf_ptr + offs, buf.to(S), mask=mask)
+            if NESTEROV:
+                grad = grad + momentum * buf
+            else:
+                grad = buf
+        tl.store(p_ptr + offs, to_storage(param + neg_lr * grad, P), mask=mask)
+
+
+def _upload(table, device):
+    """The table on ``device``: an asynchronous copy from pinned memory, never a host sync."""
+    if device.type != "cuda":
+        return table
+    return table.pin_memory().to(device, non_blocking=True)
+
+
+def _build_table(header, params, grads, states, last_column):
+    """The int64 launch table, the element counts, and copies of odd layouts to write back."""
+    rows = []
+    numels = []
+    pending = []
+    for p, g, state in zip(params, grads, states):
+        tensors = [real(p), real(g)] + [real(s) for s in state]
+        flat, copies = flat_views(tensors, [True, False] + [True] * len(state))
+        pending.extend(copies)
+        pointers = [t.data_ptr() for t in flat]
+        pointers += [0] * (5 - len(pointers))
+        numel = flat[0].numel()
+        rows.append(pointers + [numel, 0, 0])
+        numels.append(numel)
+    header = float64_bits(list(header) + [0.0] * (HEADER - len(header)))
+    body = torch.tensor(rows, dtype=torch.int64).reshape(-1, ROW)
+    body[:, 6] = last_column
+    return torch.cat([header, body.reshape(-1)]), numels, pending
+
+
+def _launch(kernel, header, params, grads, states, last_column, **constants):
+    if not params:
+        return
+    device = params[0].device
+    table, numels, pending = _build_table(header, params, grads, states, last_column)
+    chunks = _chunks.get(numels, device)
+    if chunks.shape[0] > 0:
+        param_dtype = real(params[0]).dtype
+        state_dtype = torch.float32 if param_dtype in (torch.float16, torch.bfloat16) else param_dtype
+        compute = tl.float64 if param_dtype == torch.float64 else tl.float32
+        kernel[(chunks.shape[0],)](
+            _upload(table, device), chunks, P=TL_DTYPES[param_dtype], S=TL_DTYPES[state_dtype], C=compute,
+            BLOCK=BLOCK, CHUNK=CHUNK, **constants,
+        )
+    write_back(pending)
+
+
+def multi_tensor_adam(params, grads, states, steps, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                      decoupled_weight_decay):
+    """Adam/AdamW on lists of tensors of one device and dtype; ``steps``: each tensor's step, already advanced."""
+    decay = weight_decay != 0
+    header = [lr, beta1, beta2, eps, weight_decay if decay and not decoupled_weight_decay else 0.0,
+              1.0 - lr * weight_decay if decay and decoupled_weight_decay else 1.0, -1.0 if maximize else 1.0]
+    step_bits = steps.to(torch.float64).view(torch.int64)
+    _launch(multi_tensor_adam_kernel, header, params, grads, states, step_bits, AMSGRAD=bool(amsgrad),
+            L2=decay and not decoupled_weight_decay, LERP_FROM_START=math.fabs(1.0 - beta1) < 0.5)
+
+
+def multi_tensor_sgd(params, grads, states, first, *, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    """SGD on lists of tensors of one device and dtype; ``first[i]``: tensor i's buffer holds nothing yet."""
+    header = [lr, momentum, dampening, weight_decay, -1.0 if maximize else 1.0]
+    _launch(multi_tensor_sgd_kernel, header, params, grads, states, torch.tensor(first, dtype=torch.int64),
+            MOMENTUM=momentum != 0, L2=weight_decay != 0, NESTEROV=bool(nesterov))

@@ -1,0 +1,58 @@
+"""Shared test setup: which (backend, device) pairs run here.
+
+Without CUDA, the Triton kernels run on the CPU under TRITON_INTERPRET=1 (set here, before any
+kernel is defined); with CUDA they run on the GPU. A backend that should work here but does not
+(the C++ extension failed to build, say) fails the tests rather than skipping them.
+"""
+
+import os
+import platform
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import fused_optim  # noqa: E402
+from fused_optim import _backend  # noqa: E402
+
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+# (backend, device) pairs every op is tested on.
+BACKEND_DEVICES = [("reference", "cpu"), ("cpp", "cpu"), ("triton", TRITON_DEVICE)]
+if HAS_CUDA:
+    BACKEND_DEVICES.append(("reference", "cuda"))
+
+
+def backend_device_id(pair):
+    return f"{pair[0]}-{pair[1]}"
+
+
+def require_backend(backend, device):
+    reason = _backend.unavailable_reason(backend, torch.device(device).type)
+    if reason is None:
+        return
+    if backend == "triton" and not (platform.system() == "Linux" and platform.machine() == "x86_64"):
+        pytest.skip(reason)  # triton is a dependency on Linux x86-64 only
+    pytest.fail(f"backend {backend} should run {device} tensors here but cannot: {reason}")
+
+
+@pytest.fixture(params=BACKEND_DEVICES, ids=backend_device_id)
+def backend_device(request):
+    backend, device = request.param
+    require_backend(backend, device)
+    return backend, device
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_env(monkeypatch):
+    """Tests choose backends explicitly; a developer's FUSED_OPTIM_BACKEND must not leak in."""
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+
+
+def pytest_report_header(config):
+    lines = [f"torch {torch.__version__}, fused_optim {fused_optim.__version__}, CUDA: {HAS_CUDA}"]
+    lines += [f"  {info}" for info in fused_optim.available_backends().values()]
+    return lines
