@@ -251,7 +251,8 @@ namespace {
 
 void register_bindings(pybind11::module_& m) {
   namespace py = pybind11;
-  py::class_<MultiTensorPlan>(m, "MultiTensorPlan")
+  // module_local: a stale prebuilt module and its JIT-built replacement can both be loaded.
+  py::class_<MultiTensorPlan>(m, "MultiTensorPlan", py::module_local())
       .def(py::init<std::vector<at::Tensor>, int64_t, std::optional<at::Tensor>, std::string>(), py::arg("params"),
            py::arg("n_state"), py::arg("steps"), py::arg("optimizer"))
       .def("scan", &MultiTensorPlan::scan)

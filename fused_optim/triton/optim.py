@@ -134,7 +134,7 @@ def _upload(table, device):
 
 
 def _build_table(header, params, grads, states, last_column):
-    """The int64 launch table, the element counts, and copies of odd layouts to write back."""
+    """The int64 launch table, the element counts, and the copies made of odd layouts."""
     rows = []
     numels = []
     pending = []
