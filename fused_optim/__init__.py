@@ -5,8 +5,21 @@
 """
 
 from ._backend import BACKENDS, BackendInfo, available_backends
+from .nn import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 from .optim import SGD, Adam, AdamW
 
 __version__ = "0.1.0"
 
-__all__ = ["SGD", "Adam", "AdamW", "available_backends", "BackendInfo", "BACKENDS", "__version__"]
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+    "get_total_norm",
+    "available_backends",
+    "BackendInfo",
+    "BACKENDS",
+    "__version__",
+]

@@ -60,6 +60,13 @@ def power(base, exponent):
     return result
 
 
+def upload(table, device):
+    """A host tensor on ``device``: an asynchronous copy from pinned memory, never a host sync."""
+    if device.type != "cuda":
+        return table
+    return table.pin_memory().to(device, non_blocking=True)
+
+
 def float64_bits(values):
     """Float64 values as int64 words, to travel in an int64 table."""
     return torch.tensor(values, dtype=torch.float64).view(torch.int64)
@@ -80,7 +87,7 @@ class ChunkTable:
         table = self._cache.get(key)
         if table is None:
             pairs = [(t, start) for t, n in enumerate(numels) for start in range(0, n, self.chunk)]
-            table = torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2).to(device)
+            table = upload(torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2), torch.device(device))
             if len(self._cache) > 64:
                 self._cache.clear()
             self._cache[key] = table
