@@ -12,12 +12,12 @@ element); SGD with momentum reads p, g, buf and writes p, buf (20 B).
 import argparse
 import json
 import platform
-import statistics
 import time
 
 import torch
 
 import fused_optim as fo
+from common import copy_bandwidth, interleaved_medians
 
 WORKLOADS = {
     "one 16M tensor": [(16 * 1024 * 1024,)],
@@ -50,27 +50,6 @@ def build(op, provider, shapes):
         return fused_opt(params)
     kwargs = {"torch for-loop": {"foreach": False}, "torch foreach": {"foreach": True}, "torch fused": {"fused": True}}
     return torch_opt(params, **kwargs[provider])
-
-
-def interleaved_medians(steps, repeats, warmup=3):
-    """Median seconds per call of each function, run in turn ``repeats`` times after a warm-up."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def copy_bandwidth(numel=64 * 1024 * 1024, repeats=10):
-    """Bytes read + written per second by a large tensor copy."""
-    src, dst = torch.randn(numel), torch.empty(numel)
-    seconds = interleaved_medians({"copy": lambda: dst.copy_(src)}, repeats)["copy"]
-    return 2 * 4 * numel / seconds
 
 
 def main(argv=None):
