@@ -31,14 +31,20 @@ def _max_keep_nan(values):
 
 
 @triton.jit
+def _program_chunk(table, chunks, P: tl.constexpr):
+    """(pointer to the tensor, first element, element count) of this program's chunk."""
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(chunks + 2 * pid)
+    x_ptr = tl.load(table + ROW * t).to(tl.pointer_type(P))
+    return x_ptr, tl.load(chunks + 2 * pid + 1), tl.load(table + ROW * t + 1)
+
+
+@triton.jit
 def norm_partials_kernel(table, chunks, partials, p, P: tl.constexpr, ACC: tl.constexpr, KIND: tl.constexpr,
                          BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """partials[pid] = sum |x|^p (max |x| for inf) over the chunk of program pid."""
+    x_ptr, start, n = _program_chunk(table, chunks, P)
     pid = tl.program_id(0).to(tl.int64)
-    t = tl.load(chunks + 2 * pid)
-    start = tl.load(chunks + 2 * pid + 1)
-    x_ptr = tl.load(table + ROW * t).to(tl.pointer_type(P))
-    n = tl.load(table + ROW * t + 1)
     acc = tl.zeros([BLOCK], dtype=ACC)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -108,11 +114,7 @@ def norm_finalize_kernel(partials, n, total_out, factor_out, scale_ptr, scalars,
 @triton.jit
 def scale_kernel(table, chunks, factor_ptr, P: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr,
                  CHUNK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    t = tl.load(chunks + 2 * pid)
-    start = tl.load(chunks + 2 * pid + 1)
-    x_ptr = tl.load(table + ROW * t).to(tl.pointer_type(P))
-    n = tl.load(table + ROW * t + 1)
+    x_ptr, start, n = _program_chunk(table, chunks, P)
     factor = tl.load(factor_ptr).to(C)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -123,11 +125,7 @@ def scale_kernel(table, chunks, factor_ptr, P: tl.constexpr, C: tl.constexpr, BL
 
 @triton.jit
 def clamp_kernel(table, chunks, bounds, P: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    t = tl.load(chunks + 2 * pid)
-    start = tl.load(chunks + 2 * pid + 1)
-    x_ptr = tl.load(table + ROW * t).to(tl.pointer_type(P))
-    n = tl.load(table + ROW * t + 1)
+    x_ptr, start, n = _program_chunk(table, chunks, P)
     low = tl.load(bounds).to(C)
     high = tl.load(bounds + 1).to(C)
     for i in range(0, CHUNK, BLOCK):
