@@ -166,11 +166,15 @@ void MultiTensorPlan::gather_work() {
 }
 
 void MultiTensorPlan::finish() {
+  write_back();
+  for (int64_t i : active_) fresh_[i] = 0;
+  forget_scan();
+}
+
+void MultiTensorPlan::write_back() {
   for (auto& [destination, copy] : write_back_) destination.copy_(copy);
   write_back_.clear();
   keep_alive_.clear();
-  for (int64_t i : active_) fresh_[i] = 0;
-  forget_scan();
 }
 
 void MultiTensorPlan::forget_scan() {
@@ -178,6 +182,27 @@ void MultiTensorPlan::forget_scan() {
   grads_.clear();
   complex_grads_.clear();
   scanned_ = false;
+}
+
+at::Tensor MultiTensorPlan::launch_rows(int64_t counters_address) {
+  check_scanned();
+  gather_work();
+  at::Tensor rows = at::zeros({static_cast<int64_t>(work_.size()), 8}, at::kLong);
+  int64_t* row = rows.data_ptr<int64_t>();
+  for (size_t a = 0; a < work_.size(); ++a, row += 8) {
+    const Work& w = work_[a];
+    row[0] = reinterpret_cast<int64_t>(w.param);
+    row[1] = reinterpret_cast<int64_t>(w.grad);
+    for (int64_t k = 0; k < n_state_; ++k) row[2 + k] = reinterpret_cast<int64_t>(w.state[k]);
+    row[5] = prefix_[a + 1] - prefix_[a];
+    row[6] = counters_address + 4 * w.index;
+  }
+  return rows;
+}
+
+void MultiTensorPlan::finish_launch() {
+  write_back();
+  forget_scan();
 }
 
 double MultiTensorPlan::grad_norm_power_sum(double p) const {
@@ -278,6 +303,8 @@ void register_bindings(pybind11::module_& m) {
       .def("scan", &MultiTensorPlan::scan)
       .def("bind", &MultiTensorPlan::bind, py::arg("index"), py::arg("state"), py::arg("fresh"))
       .def("grad_norm_power_sum", &MultiTensorPlan::grad_norm_power_sum, py::arg("p"))
+      .def("launch_rows", &MultiTensorPlan::launch_rows, py::arg("counters_address"))
+      .def("finish_launch", &MultiTensorPlan::finish_launch)
       .def("adam", &MultiTensorPlan::adam, py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
            py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled_weight_decay"),
            py::arg("grad_factor"), py::arg("skip"))

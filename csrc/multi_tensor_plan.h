@@ -41,6 +41,15 @@ class MultiTensorPlan {
   void sgd(double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
            double grad_factor, bool skip);
 
+  // For kernels launched elsewhere (Triton): one int64 row per scanned parameter,
+  //   [param, grad, state0, state1, state2, numel, counter, 0]
+  // with data addresses (0 for absent state), numel in real elements, and counter the address
+  // counters_address + 4 * index of the parameter's float32 counter (its step count or first-step
+  // flag). Tensors with odd layouts are given as contiguous copies; finish_launch() writes them
+  // back, after the launch is enqueued, and forgets the scan.
+  at::Tensor launch_rows(int64_t counters_address);
+  void finish_launch();
+
   int64_t size() const { return static_cast<int64_t>(params_.size()); }
 
  private:
@@ -56,6 +65,7 @@ class MultiTensorPlan {
   // copies that finish() writes back.
   void gather_work();
   void finish();
+  void write_back();
   void forget_scan();
 
   std::vector<at::Tensor> params_;

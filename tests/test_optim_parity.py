@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fused_optim as fo
+from fused_optim.ops.optim import ListPlan
 from optim_cases import CONFIGS, assert_same_state, clone_params, make_params, set_grads
 
 STEPS = 10
@@ -139,4 +140,18 @@ def test_hyperparameters_changed_between_steps(backend_device):
         set_grads([params, expected], step)
         fused_opt.step()
         torch_opt.step()
+    assert_same_state(fused_opt, torch_opt, params, expected)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.id in ("SGD-nesterov", "Adam-amsgrad", "AdamW-groups")],
+                         ids=lambda c: c.id)
+def test_triton_without_the_extension(config, monkeypatch):
+    """Without the C++ extension, Triton plans keep their books (scan, checks, launch rows) in Python."""
+    from conftest import TRITON_DEVICE, require_backend
+
+    require_backend("triton", TRITON_DEVICE)
+    monkeypatch.setattr(fo._cpp, "get", lambda: None)
+    fused_opt, torch_opt, params, expected = run_pair(config, "triton", TRITON_DEVICE, steps=4)
+    books = [plan.book for _, group_plans in fused_opt._plans for plan, _, _ in group_plans]
+    assert books and all(isinstance(book, ListPlan) for book in books)
     assert_same_state(fused_opt, torch_opt, params, expected)

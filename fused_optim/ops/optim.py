@@ -3,13 +3,19 @@ stepped many times, on any backend.
 
 Every plan has the interface of the C++ ``MultiTensorPlan``: ``scan()`` checks all gradients and
 changes nothing, ``bind()`` attaches a parameter's state tensors, ``adam()`` / ``sgd()`` step the
-parameters scanned. The C++ plan does all per-tensor work in C++; ``ListPlan`` does it in Python and
-hands lists of tensors to the reference or the Triton implementation.
+parameters scanned, ``norm_partials()`` (``grad_norm_power_sum()`` in C++) gives the power sums of
+the scanned gradients for clipping.
+
+- ``cpp``: the C++ plan does everything, with no per-tensor work in Python.
+- ``triton``: ``TritonPlan`` launches the kernels; its bookkeeping (scan, checks, the launch rows of
+  pointers) is the C++ plan's when the extension is available, else ``ListPlan``'s, in Python.
+- ``reference``: ``ListPlan``, Python bookkeeping and the reference math.
 """
 
 import torch
 
 from .. import _cpp
+from .._layout import flat_views, real, write_back
 from ..reference import clip as clip_reference
 from ..reference import optim as reference
 
@@ -19,29 +25,21 @@ def real_dtype(t):
 
 
 class ListPlan:
-    """A plan for the reference and Triton backends.
+    """Bookkeeping in Python, and the reference math."""
 
-    Per-tensor counters live where the kernels read them: step counts (``steps``, supplied by the
-    optimizer) and SGD's first-step flags (``fresh``) are on the device for Triton, so a step that
-    AMP skips on the device needs no host sync; on the CPU for the reference.
-    """
-
-    def __init__(self, backend, params, n_state, steps, optimizer):
-        self.backend = backend
+    def __init__(self, params, n_state, steps, optimizer):
         self.params = params
         self.n_state = n_state
         self.steps = steps
         self.optimizer = optimizer
         self.dtype = real_dtype(params[0]) if params else torch.float32
         self.device = params[0].device if params else torch.device("cpu")
-        counter_device = self.device if backend == "triton" else torch.device("cpu")
         self.is_complex = [p.is_complex() for p in params]
         self.state = [None] * len(params)
-        self.fresh = torch.zeros(len(params), dtype=torch.float32, device=counter_device)
+        self.fresh = [False] * len(params)
         self.active = None
         self.grads = None
-        self._index_key = None
-        self._index = None
+        self._copies = []
 
     def __len__(self):
         return len(self.params)
@@ -88,7 +86,7 @@ class ListPlan:
                     f"on {p.device}, got {None if s is None else f'{s.dtype} of shape {list(s.shape)} on {s.device}'}"
                 )
         self.state[index] = list(state)
-        self.fresh[index] = 1.0 if fresh else 0.0
+        self.fresh[index] = fresh
 
     def _take_scanned(self):
         if self.active is None:
@@ -97,81 +95,124 @@ class ListPlan:
         self.active = self.grads = None
         return active, grads
 
+    def launch_rows(self, counters_address):
+        """As the C++ plan's launch_rows: int64 rows [param, grad, state0..2, numel, counter, 0]."""
+        if self.active is None:
+            raise RuntimeError("plan: scan() must precede a step")
+        rows = []
+        for i, g in zip(self.active, self.grads):
+            state = self.state[i]
+            tensors = [real(self.params[i]), real(g)] + [real(s) for s in state]
+            flat, copies = flat_views(tensors, [True, False] + [True] * len(state))
+            self._copies.extend(copies)
+            pointers = [t.data_ptr() for t in flat] + [0] * (5 - len(flat))
+            rows.append(pointers + [flat[0].numel(), counters_address + 4 * i, 0])
+        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 8)
+
+    def finish_launch(self):
+        write_back(self._copies)
+        self._copies = []
+        self.active = self.grads = None
+
     def norm_partials(self, norm_type):
-        """Power sums of the scanned gradients as a 1-D float64 tensor (one per chunk for Triton)."""
+        """Power sum of the scanned gradients as a 1-element float64 tensor."""
         if not self.grads:
             return torch.zeros(1, dtype=torch.float64, device=self.device)
-        if self.backend == "triton":
-            from .clip import triton_groups, triton_power_sum_partials
-
-            return triton_power_sum_partials(triton_groups(self.grads), norm_type, self.device)
         return clip_reference.power_sum(self.grads, norm_type).reshape(1)
-
-    def _skipped(self, found_inf):
-        # The reference reads found_inf on the host (a sync on CUDA); Triton decides on the device.
-        return self.backend == "reference" and found_inf is not None and bool(found_inf.item() != 0)
-
-    def _index_of(self, active):
-        if tuple(active) != self._index_key:
-            self._index_key = tuple(active)
-            self._index = torch.tensor(active, dtype=torch.int64).to(self.fresh.device)
-        return self._index
-
-    def _taken(self, found_inf, device):
-        """1.0 where the step was taken, as a 0-dim float32 tensor on ``device``."""
-        if found_inf is None:
-            return torch.ones((), dtype=torch.float32, device=device)
-        return (found_inf == 0).to(torch.float32)
 
     def adam(self, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_factor=None,
              found_inf=None):
         active, grads = self._take_scanned()
-        if not active or self._skipped(found_inf):
+        if found_inf is not None and bool(found_inf.item() != 0):  # a host read: the reference may sync
             return
-        hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                     maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
-        if self.backend == "reference":
-            for i, g in zip(active, grads):
-                self.steps[i] += 1
-                m, v, *rest = self.state[i]
-                reference.adam(self.params[i], g, m, v, rest[0] if amsgrad else None, self.steps[i].item(),
-                               grad_factor=grad_factor, **hyper)
-            return
-        from ..triton import optim as triton_optim
-
-        triton_optim.multi_tensor_adam(
-            [self.params[i] for i in active], grads, [self.state[i] for i in active], [self.steps[i] for i in active],
-            grad_factor=grad_factor, found_inf=found_inf, **hyper,
-        )
-        index = self._index_of(active)
-        self.steps.index_add_(0, index, self._taken(found_inf, self.steps.device).expand(len(active)))
+        for i, g in zip(active, grads):
+            self.steps[i] += 1
+            m, v, *rest = self.state[i]
+            reference.adam(self.params[i], g, m, v, rest[0] if amsgrad else None, self.steps[i].item(), lr=lr,
+                           beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                           maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, grad_factor=grad_factor)
 
     def sgd(self, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_factor=None, found_inf=None):
         active, grads = self._take_scanned()
-        if not active or self._skipped(found_inf):
+        if found_inf is not None and bool(found_inf.item() != 0):
             return
-        hyper = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                     maximize=maximize)
-        if self.backend == "reference":
-            for i, g in zip(active, grads):
-                reference.sgd(self.params[i], g, self.state[i][0] if momentum != 0 else None,
-                              first=bool(self.fresh[i]), grad_factor=grad_factor, **hyper)
-                self.fresh[i] = 0.0
-            return
+        for i, g in zip(active, grads):
+            reference.sgd(self.params[i], g, self.state[i][0] if momentum != 0 else None, lr=lr, momentum=momentum,
+                          dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                          first=self.fresh[i], grad_factor=grad_factor)
+            self.fresh[i] = False
+
+
+class TritonPlan:
+    """One launch per step for the plan's tensors.
+
+    The per-tensor counters the kernels read live on the device: step counts (``steps``, from the
+    optimizer) and SGD's first-step flags (``fresh``). A small kernel advances them after the update
+    unless AMP found inf/NaN, so a skipped step needs no host sync.
+    """
+
+    def __init__(self, params, n_state, steps, optimizer):
+        ext = _cpp.get()
+        self.book = ext.MultiTensorPlan(params, n_state, None, optimizer) if ext else ListPlan(
+            params, n_state, None, optimizer)
+        self.steps = steps
+        self.dtype = real_dtype(params[0]) if params else torch.float32
+        self.device = params[0].device if params else torch.device("cpu")
+        self.fresh = torch.zeros(len(params), dtype=torch.float32, device=self.device)
+        self._rows = None
+
+    def __len__(self):
+        return len(self.book)
+
+    def scan(self):
+        self._rows = None
+        return self.book.scan()
+
+    def bind(self, index, state, fresh):
+        self.book.bind(index, state, fresh)
+        self.fresh[index] = 1.0 if fresh else 0.0
+
+    def _launch_rows(self, counters):
+        if self._rows is None:
+            self._rows = self.book.launch_rows(counters.data_ptr())
+        return self._rows
+
+    def _finish(self):
+        self.book.finish_launch()
+        self._rows = None
+
+    def norm_partials(self, norm_type):
+        from ..triton import clip as triton_clip
+
+        rows = self._launch_rows(self.steps if self.steps is not None else self.fresh)
+        return triton_clip.optimizer_grad_partials(rows, self.dtype, self.device, norm_type)
+
+    def adam(self, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_factor=None,
+             found_inf=None):
+        from ..triton import optim as triton_optim
+
+        triton_optim.multi_tensor_adam(
+            self._launch_rows(self.steps), self.dtype, self.device, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+            weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay, grad_factor=grad_factor, found_inf=found_inf,
+        )
+        self._finish()
+
+    def sgd(self, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_factor=None, found_inf=None):
         from ..triton import optim as triton_optim
 
         triton_optim.multi_tensor_sgd(
-            [self.params[i] for i in active], grads, [self.state[i] for i in active], [self.fresh[i] for i in active],
-            grad_factor=grad_factor, found_inf=found_inf, **hyper,
+            self._launch_rows(self.fresh), self.dtype, self.device, lr=lr, momentum=momentum, dampening=dampening,
+            weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, grad_factor=grad_factor,
+            found_inf=found_inf,
         )
-        # A step skipped on the device leaves first-step buffers unwritten: they stay fresh.
-        index = self._index_of(active)
-        kept = 1.0 - self._taken(found_inf, self.fresh.device)
-        self.fresh.index_copy_(0, index, self.fresh.index_select(0, index) * kept)
+        self._finish()
 
 
 def make_plan(backend, params, n_state, steps, optimizer):
     """A plan for ``params`` (one device, one real dtype) on a concrete backend."""
     if backend == "cpp":
         return _cpp.get().MultiTensorPlan(params, n_state, steps, optimizer)
-    return ListPlan(backend, params, n_state, steps, optimizer)
+    if backend == "triton":
+        return TritonPlan(params, n_state, steps, optimizer)
+    return ListPlan(params, n_state, steps, optimizer)

@@ -242,9 +242,9 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
         plans_ = [plan for _, plan, _, _, _ in pending]
         dtype = clip_reference.result_dtype([params[0] for _, _, params, _, _ in pending])
         device = pending[0][2][0].device
-        partials = [plan.norm_partials(2.0) if isinstance(plan, plans.ListPlan)
-                    else torch.tensor([plan.grad_norm_power_sum(2.0)], dtype=torch.float64) for plan in plans_]
-        if all(isinstance(p, plans.ListPlan) and p.backend == "triton" and p.device == device for p in plans_):
+        partials = [torch.tensor([plan.grad_norm_power_sum(2.0)], dtype=torch.float64) if _is_cpp_plan(plan)
+                    else plan.norm_partials(2.0) for plan in plans_]
+        if all(isinstance(p, plans.TritonPlan) and p.device == device for p in plans_):
             from ..triton import clip as triton_clip
 
             scale = grad_scale.to(device, non_blocking=True) if grad_scale is not None else None
@@ -262,15 +262,15 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _plan_extras(plan, factor, found_inf):
-        if isinstance(plan, plans.ListPlan):
-            device = plan.device
-            return dict(
-                grad_factor=None if factor is None else factor.to(device, non_blocking=True),
-                found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
-            )
-        # The C++ plan runs CPU tensors: the scaler's tensors are read on the host.
-        return dict(grad_factor=1.0 if factor is None else float(factor),
-                    skip=found_inf is not None and float(found_inf) != 0.0)
+        if _is_cpp_plan(plan):
+            # The C++ plan runs CPU tensors: the scaler's tensors are read on the host.
+            return dict(grad_factor=1.0 if factor is None else float(factor),
+                        skip=found_inf is not None and float(found_inf) != 0.0)
+        device = plan.device
+        return dict(
+            grad_factor=None if factor is None else factor.to(device, non_blocking=True),
+            found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
+        )
 
     def _scan_all(self):
         for _ in range(2):
@@ -288,6 +288,10 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
                 return pending
             self._plans = None
         raise RuntimeError(f"{self._display_name}: parameters keep changing dtype or device during the step")
+
+
+def _is_cpp_plan(plan):
+    return not isinstance(plan, (plans.ListPlan, plans.TritonPlan))
 
 
 def scalar(value):

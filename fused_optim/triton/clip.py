@@ -7,7 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import TL_DTYPES, ChunkTable, div_rn, flat_views, real, to_storage, upload, write_back
+from .._layout import flat_views, real, write_back
+from .common import TL_DTYPES, ChunkTable, div_rn, to_storage, upload
 
 BLOCK = 1024
 CHUNK = 8 * BLOCK
@@ -31,19 +32,21 @@ def _max_keep_nan(values):
 
 
 @triton.jit
-def _program_chunk(table, chunks, P: tl.constexpr):
-    """(pointer to the tensor, first element, element count) of this program's chunk."""
+def _program_chunk(table, chunks, P: tl.constexpr, ROW: tl.constexpr, PTR: tl.constexpr, NUMEL: tl.constexpr):
+    """(pointer to the tensor, first element, element count) of this program's chunk. The table
+    has ROW int64 words per tensor, the data address at word PTR and the element count at NUMEL."""
     pid = tl.program_id(0).to(tl.int64)
     t = tl.load(chunks + 2 * pid)
-    x_ptr = tl.load(table + ROW * t).to(tl.pointer_type(P))
-    return x_ptr, tl.load(chunks + 2 * pid + 1), tl.load(table + ROW * t + 1)
+    x_ptr = tl.load(table + ROW * t + PTR).to(tl.pointer_type(P))
+    return x_ptr, tl.load(chunks + 2 * pid + 1), tl.load(table + ROW * t + NUMEL)
 
 
 @triton.jit
 def norm_partials_kernel(table, chunks, partials, p, P: tl.constexpr, ACC: tl.constexpr, KIND: tl.constexpr,
-                         BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+                         ROW: tl.constexpr, PTR: tl.constexpr, NUMEL: tl.constexpr, BLOCK: tl.constexpr,
+                         CHUNK: tl.constexpr):
     """partials[pid] = sum |x|^p (max |x| for inf) over the chunk of program pid."""
-    x_ptr, start, n = _program_chunk(table, chunks, P)
+    x_ptr, start, n = _program_chunk(table, chunks, P, ROW, PTR, NUMEL)
     pid = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([BLOCK], dtype=ACC)
     for i in range(0, CHUNK, BLOCK):
@@ -114,7 +117,7 @@ def norm_finalize_kernel(partials, n, total_out, factor_out, scale_ptr, scalars,
 @triton.jit
 def scale_kernel(table, chunks, factor_ptr, P: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr,
                  CHUNK: tl.constexpr):
-    x_ptr, start, n = _program_chunk(table, chunks, P)
+    x_ptr, start, n = _program_chunk(table, chunks, P, 2, 0, 1)
     factor = tl.load(factor_ptr).to(C)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -125,7 +128,7 @@ def scale_kernel(table, chunks, factor_ptr, P: tl.constexpr, C: tl.constexpr, BL
 
 @triton.jit
 def clamp_kernel(table, chunks, bounds, P: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    x_ptr, start, n = _program_chunk(table, chunks, P)
+    x_ptr, start, n = _program_chunk(table, chunks, P, 2, 0, 1)
     low = tl.load(bounds).to(C)
     high = tl.load(bounds + 1).to(C)
     for i in range(0, CHUNK, BLOCK):
@@ -173,7 +176,20 @@ def compute_dtype(dtype):
 def norm_partials(tensor_list, partials, norm_type):
     """Fill ``partials`` (float64, one entry per chunk) with the chunks' power sums."""
     tensor_list.launch(norm_partials_kernel, partials, float(norm_type), ACC=compute_dtype(tensor_list.dtype),
-                       KIND=norm_kind(norm_type))
+                       KIND=norm_kind(norm_type), ROW=ROW, PTR=0, NUMEL=1)
+
+
+def optimizer_grad_partials(rows, dtype, device, norm_type):
+    """Power sums, per chunk, of the gradients in an optimizer plan's launch rows (8 int64 words
+    per tensor, the gradient's address at word 1 and the element count at word 5)."""
+    chunks = _chunks.get(rows[:, 5].tolist(), device)
+    partials = torch.zeros(max(chunks.shape[0], 1), dtype=torch.float64, device=device)
+    if chunks.shape[0]:
+        norm_partials_kernel[(chunks.shape[0],)](
+            upload(rows.reshape(-1), device), chunks, partials, float(norm_type), P=TL_DTYPES[dtype],
+            ACC=compute_dtype(dtype), KIND=norm_kind(norm_type), ROW=8, PTR=1, NUMEL=5, BLOCK=BLOCK, CHUNK=CHUNK,
+        )
+    return partials
 
 
 def finalize(partials, norm_type, out_dtype, max_norm=None, grad_scale=None):

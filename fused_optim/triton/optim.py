@@ -1,8 +1,9 @@
 """Multi-tensor Adam/AdamW and SGD: every tensor of a (param group, device, dtype) in one launch.
 
 The launcher packs one int64 table per step: a header of hyperparameters (float64 bits, so the
-bias corrections see the exact float64 betas) and one row per tensor: pointers to the
-parameter, gradient and state, the element count, and the step (Adam) or first-step flag (SGD).
+bias corrections see the exact float64 betas) and the plan's rows, one per tensor: pointers to the
+parameter, gradient and state, the element count, and the address of the tensor's float32 counter
+(its step count for Adam, its first-step flag for SGD).
 A cached table of (tensor, start) chunks gives each program CHUNK elements of one tensor. Step
 counts live on the device, one float32 per tensor as in torch's fused optimizers; bias corrections
 are computed in the kernel, in float64, from each tensor's own step, so tensors at different steps
@@ -20,11 +21,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (TL_DTYPES, ChunkTable, div_rn, flat_views, float64_bits, power, real, sqrt_rn, to_storage, upload,
-                     write_back)
+from .common import TL_DTYPES, ChunkTable, div_rn, float64_bits, power, sqrt_rn, to_storage, upload
 
 BLOCK = 1024
 CHUNK = 4 * BLOCK
+# The table: HEADER float64 words, then ROW int64 words per tensor (the kernels index it with these
+# numbers: row t starts at table + 8 + 8 * t).
 HEADER = 8
 ROW = 8
 
@@ -156,66 +158,66 @@ def multi_tensor_sgd_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.cons
         tl.store(p_ptr + offs, to_storage(param + neg_lr * grad, P), mask=mask)
 
 
-def _build_table(header, params, grads, states, last_column):
-    """The int64 launch table, the element counts, and the copies made of odd layouts."""
-    rows = []
-    numels = []
-    copies = []
-    for p, g, state in zip(params, grads, states):
-        tensors = [real(p), real(g)] + [real(s) for s in state]
-        flat, made = flat_views(tensors, [True, False] + [True] * len(state))
-        copies.extend(made)
-        pointers = [t.data_ptr() for t in flat]
-        pointers += [0] * (5 - len(pointers))
-        numel = flat[0].numel()
-        rows.append(pointers + [numel, 0, 0])
-        numels.append(numel)
+@triton.jit
+def advance_counters_kernel(table, found_inf_ptr, ADD: tl.constexpr, HAS_FOUND_INF: tl.constexpr):
+    """After an update: each row's counter += 1 (ADD, step counts) or = 0 (first-step flags),
+    unless AMP found inf/NaN. A launch of its own, as the update's programs all read the counters."""
+    row = table + 8 + 8 * tl.program_id(0).to(tl.int64)
+    counter = tl.load(row + 6).to(tl.pointer_type(tl.float32))
+    taken = True
+    if HAS_FOUND_INF:
+        taken = tl.load(found_inf_ptr) == 0
+    if taken:
+        if ADD:
+            tl.store(counter, tl.load(counter) + 1.0)
+        else:
+            tl.store(counter, 0.0)
+
+
+def launch_table(header, rows, device):
+    """The int64 launch table on ``device``: the header (float64 bits), then the plan's rows."""
     header = float64_bits(list(header) + [0.0] * (HEADER - len(header)))
-    body = torch.tensor(rows, dtype=torch.int64).reshape(-1, ROW)
-    body[:, 6] = torch.as_tensor(last_column, dtype=torch.int64)
-    return torch.cat([header, body.reshape(-1)]), numels, copies
+    return upload(torch.cat([header, rows.reshape(-1)]), device)
 
 
-def _launch(kernel, header, params, grads, states, last_column, grad_factor, found_inf, **constants):
-    if not params:
+def chunks_for(rows, device, chunk_table=None):
+    """The cached (tensor, start) chunk table for the rows' element counts."""
+    return (chunk_table or _chunks).get(rows[:, 5].tolist(), device)
+
+
+def _launch(kernel, header, rows, param_dtype, device, grad_factor, found_inf, advance, **constants):
+    if rows.shape[0] == 0:
         return
-    device = params[0].device
-    table, numels, copies = _build_table(header, params, grads, states, last_column)
-    chunks = _chunks.get(numels, device)
+    table = launch_table(header, rows, device)
+    chunks = chunks_for(rows, device)
+    state_dtype = torch.float32 if param_dtype in (torch.float16, torch.bfloat16) else param_dtype
     if chunks.shape[0] > 0:
-        param_dtype = real(params[0]).dtype
-        state_dtype = torch.float32 if param_dtype in (torch.float16, torch.bfloat16) else param_dtype
-        compute = tl.float64 if param_dtype == torch.float64 else tl.float32
-        table = upload(table, device)
         kernel[(chunks.shape[0],)](
             table, chunks, grad_factor if grad_factor is not None else table,
             found_inf if found_inf is not None else table, P=TL_DTYPES[param_dtype], S=TL_DTYPES[state_dtype],
-            C=compute, HAS_FACTOR=grad_factor is not None, HAS_FOUND_INF=found_inf is not None, BLOCK=BLOCK,
-            CHUNK=CHUNK, **constants,
+            C=tl.float64 if param_dtype == torch.float64 else tl.float32, HAS_FACTOR=grad_factor is not None,
+            HAS_FOUND_INF=found_inf is not None, BLOCK=BLOCK, CHUNK=CHUNK, **constants,
         )
-    write_back(copies)
+    if advance is not None:
+        advance_counters_kernel[(rows.shape[0],)](table, found_inf if found_inf is not None else table, ADD=advance,
+                                                  HAS_FOUND_INF=found_inf is not None)
 
 
-def multi_tensor_adam(params, grads, states, steps, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+def multi_tensor_adam(rows, param_dtype, device, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
                       decoupled_weight_decay, grad_factor=None, found_inf=None):
-    """Adam/AdamW on lists of tensors of one device and dtype.
-
-    ``steps``: each tensor's float32 step count (0-dim device tensors), read here and advanced by
-    the caller after the launch. ``grad_factor`` (float64) and ``found_inf``: 0-dim device
-    tensors or None.
-    """
+    """Adam/AdamW over a plan's launch rows (counters: step counts, advanced after the update).
+    ``grad_factor`` (float64) and ``found_inf``: 0-dim device tensors or None."""
     decay = weight_decay != 0
     header = [lr, beta1, beta2, eps, weight_decay if decay and not decoupled_weight_decay else 0.0,
               1.0 - lr * weight_decay if decay and decoupled_weight_decay else 1.0, -1.0 if maximize else 1.0]
-    _launch(multi_tensor_adam_kernel, header, params, grads, states, [s.data_ptr() for s in steps], grad_factor,
-            found_inf, AMSGRAD=bool(amsgrad), L2=decay and not decoupled_weight_decay,
+    _launch(multi_tensor_adam_kernel, header, rows, param_dtype, device, grad_factor, found_inf, True,
+            AMSGRAD=bool(amsgrad), L2=decay and not decoupled_weight_decay,
             LERP_FROM_START=math.fabs(1.0 - beta1) < 0.5)
 
 
-def multi_tensor_sgd(params, grads, states, first, *, lr, momentum, dampening, weight_decay, nesterov, maximize,
+def multi_tensor_sgd(rows, param_dtype, device, *, lr, momentum, dampening, weight_decay, nesterov, maximize,
                      grad_factor=None, found_inf=None):
-    """SGD on lists of tensors of one device and dtype. ``first``: each tensor's float32 flag (0-dim
-    device tensors), nonzero while its momentum buffer holds nothing yet; the caller clears it."""
+    """SGD over a plan's launch rows (counters: first-step flags, cleared after the update)."""
     header = [lr, momentum, dampening, weight_decay, -1.0 if maximize else 1.0]
-    _launch(multi_tensor_sgd_kernel, header, params, grads, states, [f.data_ptr() for f in first], grad_factor,
-            found_inf, MOMENTUM=momentum != 0, L2=weight_decay != 0, NESTEROV=bool(nesterov))
+    _launch(multi_tensor_sgd_kernel, header, rows, param_dtype, device, grad_factor, found_inf,
+            False if momentum != 0 else None, MOMENTUM=momentum != 0, L2=weight_decay != 0, NESTEROV=bool(nesterov))
