@@ -5,8 +5,25 @@
 """
 
 from ._backend import BACKENDS, BackendInfo, available_backends
+from .nn import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm
+from .ops.batch_norm import batch_norm
+from .ops.layer_norm import layer_norm
 from .optim import SGD, Adam, AdamW
 
 __version__ = "0.1.0"
 
-__all__ = ["SGD", "Adam", "AdamW", "available_backends", "BackendInfo", "BACKENDS", "__version__"]
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "LayerNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "layer_norm",
+    "batch_norm",
+    "available_backends",
+    "BackendInfo",
+    "BACKENDS",
+    "__version__",
+]
