@@ -4,9 +4,9 @@
 //
 // Training forward: per-channel moments in one pass over memory (each cache-sized chunk read
 // twice from cache: its mean, then squared deviations, merged with Chan's formula into double
-// per-thread partials), then y = x * alpha[c] + beta[c]. Backward: the two per-channel sums
-// (dy and dy * (x - mean)) in one pass, then dx in a second. Work is cut into one contiguous
-// share of memory per thread; per-thread partials are merged in thread order.
+// partials), then y = x * alpha[c] + beta[c]. Backward: the two per-channel sums (dy and
+// dy * (x - mean)) in one pass, then dx in a second. Work is cut into contiguous pieces of
+// memory, a few per thread, each with its own partials, merged in piece order.
 #include <torch/extension.h>
 
 #include <cmath>
@@ -52,14 +52,19 @@ FUSED_OPTIM_INLINE void planar_moments_body(const T* x, int64_t spatial, int64_t
   });
 }
 
-// Rows [begin, end) of channels; scratch: 2 * channels values of the compute type.
+// Rows [begin, end) of channels into partial[0, channels); scratch: 2 * channels values of the
+// compute type and 2 * channels doubles.
 template <typename T>
 FUSED_OPTIM_INLINE void rows_moments_body(const T* x, int64_t channels, int64_t begin, int64_t end,
-                                          Moments<double>* partial, compute_t<T>* scratch) {
+                                          Moments<double>* partial, compute_t<T>* scratch, double* merged) {
   using C = compute_t<T>;
   const int64_t block_rows = rows_per_block(channels, sizeof(T));
   C* __restrict block_mean = scratch;
   C* __restrict squares = scratch + channels;
+  double* __restrict mean = merged;
+  double* __restrict m2 = merged + channels;
+  std::fill(mean, mean + 2 * channels, 0.0);
+  double count = 0;
   for (int64_t start = begin; start < end; start += block_rows) {
     const int64_t rows = std::min(block_rows, end - start);
     const T* __restrict block = x + start * channels;
@@ -105,9 +110,21 @@ FUSED_OPTIM_INLINE void rows_moments_body(const T* x, int64_t channels, int64_t 
         squares[c] += d * d;
       }
     }
+    // Moments::merge for every channel at once: the channels share one count, so the weights
+    // are computed once per block, not once per channel.
+    const double total = count + double(rows);
+    const double new_weight = double(rows) / total;
+    const double cross_weight = count * double(rows) / total;
+#pragma omp simd
     for (int64_t c = 0; c < channels; ++c) {
-      partial[c].merge(double(rows), double(block_mean[c]), double(squares[c]));
+      const double delta = double(block_mean[c]) - mean[c];
+      mean[c] += delta * new_weight;
+      m2[c] += double(squares[c]) + delta * delta * cross_weight;
     }
+    count = total;
+  }
+  for (int64_t c = 0; c < channels; ++c) {
+    partial[c].merge(count, mean[c], m2[c]);
   }
 }
 
@@ -135,7 +152,18 @@ FUSED_OPTIM_INLINE void rows_affine_body(const T* x, T* y, int64_t channels, con
   using C = compute_t<T>;
   const C* __restrict a = alpha;
   const C* __restrict b = beta;
-  for (int64_t r = begin; r < end; ++r) {
+  int64_t r = begin;
+  // Two rows per pass over alpha and beta: fewer loads of them per element.
+  for (; r + 2 <= end; r += 2) {
+    const T* __restrict src = x + r * channels;
+    T* __restrict dst = y + r * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      dst[c] = store_as<T>(load(src[c]) * a[c] + b[c]);
+      dst[channels + c] = store_as<T>(load(src[channels + c]) * a[c] + b[c]);
+    }
+  }
+  for (; r < end; ++r) {
     const T* __restrict src = x + r * channels;
     T* __restrict dst = y + r * channels;
 #pragma omp simd
@@ -278,8 +306,9 @@ FUSED_OPTIM_INLINE void rows_dx_body(const T* dy, const T* x, T* dx, const DxCoe
     planar_moments_body(x, spatial, channels, begin, end, partial);                                                  \
   }                                                                                                                  \
   FUSED_OPTIM_SIMD_CLONES void rows_moments_##SUFFIX(const T* x, int64_t channels, int64_t begin, int64_t end,       \
-                                                     Moments<double>* partial, compute_t<T>* scratch) {              \
-    rows_moments_body(x, channels, begin, end, partial, scratch);                                                    \
+                                                     Moments<double>* partial, compute_t<T>* scratch,                \
+                                                     double* merged) {                                               \
+    rows_moments_body(x, channels, begin, end, partial, scratch, merged);                                            \
   }                                                                                                                  \
   FUSED_OPTIM_SIMD_CLONES void planar_affine_##SUFFIX(const T* x, T* y, int64_t spatial, int64_t channels,           \
                                                       const compute_t<T>* alpha, const compute_t<T>* beta,           \
@@ -316,8 +345,8 @@ FUSED_OPTIM_INLINE void rows_dx_body(const T* dy, const T* x, T* dx, const DxCoe
     planar_moments_##SUFFIX(x, spatial, channels, begin, end, partial);                                              \
   }                                                                                                                  \
   void rows_moments(const T* x, int64_t channels, int64_t begin, int64_t end, Moments<double>* partial,              \
-                    compute_t<T>* scratch) {                                                                         \
-    rows_moments_##SUFFIX(x, channels, begin, end, partial, scratch);                                                \
+                    compute_t<T>* scratch, double* merged) {                                                         \
+    rows_moments_##SUFFIX(x, channels, begin, end, partial, scratch, merged);                                        \
   }                                                                                                                  \
   void planar_affine(const T* x, T* y, int64_t spatial, int64_t channels, const compute_t<T>* alpha,                 \
                      const compute_t<T>* beta, int64_t begin, int64_t end) {                                         \
@@ -361,7 +390,7 @@ struct Shape {
         channels_last(last) {}
   int64_t numel() const { return batch * channels * spatial; }
   int64_t rows() const { return batch * spatial; }
-  // The units parallel_shares cuts: rows of C (channels_last) or elements (planar).
+  // The units parallel_pieces cuts: rows of C (channels_last) or elements (planar).
   int64_t units() const { return channels_last ? rows() : numel(); }
 };
 
@@ -412,16 +441,17 @@ template <typename T>
 void batch_moments(const at::Tensor& x, const Shape& shape, std::vector<double>& mean, std::vector<double>& var) {
   using C = compute_t<T>;
   const int64_t channels = shape.channels;
-  const int slots = share_slots();
-  std::vector<Moments<double>> partial(size_t(slots) * channels);
+  const int64_t pieces = piece_count(shape.units());
+  std::vector<Moments<double>> partial(size_t(pieces) * channels);
   const T* data = static_cast<const T*>(x.data_ptr());
   {
     pybind11::gil_scoped_release no_gil;
-    parallel_shares(shape.units(), shape.numel(), [&](int slot, int64_t begin, int64_t end) {
-      Moments<double>* mine = partial.data() + size_t(slot) * channels;
+    parallel_pieces(shape.units(), pieces, shape.numel(), [&](int64_t piece, int64_t begin, int64_t end) {
+      Moments<double>* mine = partial.data() + size_t(piece) * channels;
       if (shape.channels_last) {
         std::vector<C> scratch(2 * channels);
-        rows_moments(data, channels, begin, end, mine, scratch.data());
+        std::vector<double> merged(2 * channels);
+        rows_moments(data, channels, begin, end, mine, scratch.data(), merged.data());
       } else {
         planar_moments(data, shape.spatial, channels, begin, end, mine);
       }
@@ -431,8 +461,8 @@ void batch_moments(const at::Tensor& x, const Shape& shape, std::vector<double>&
   var.assign(channels, 0.0);
   for (int64_t c = 0; c < channels; ++c) {
     Moments<double> total;
-    for (int slot = 0; slot < slots; ++slot) {
-      const Moments<double>& p = partial[size_t(slot) * channels + c];
+    for (int64_t piece = 0; piece < pieces; ++piece) {
+      const Moments<double>& p = partial[size_t(piece) * channels + c];
       total.merge(p.count, p.mean, p.m2);
     }
     mean[c] = total.mean;
@@ -455,7 +485,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
   TORCH_CHECK(use_batch_stats || (running_mean.has_value() && running_var.has_value()),
               "batch_norm: running statistics are needed without batch statistics");
   TORCH_CHECK(!use_batch_stats || shape.rows() > 1, "batch_norm: batch statistics need more than 1 value per channel");
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = empty_output(x);
   at::Tensor save_mean = at::empty({channels}, x.options().dtype(compute));
   at::Tensor save_rstd = at::empty({channels}, x.options().dtype(compute));
   dispatch_storage(x.scalar_type(), "batch_norm_forward", [&](auto* tag) {
@@ -491,7 +521,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
     const T* src = static_cast<const T*>(x.data_ptr());
     T* dst = static_cast<T*>(y.data_ptr());
     pybind11::gil_scoped_release no_gil;
-    parallel_shares(shape.units(), shape.numel(), [&](int, int64_t begin, int64_t end) {
+    parallel_pieces(shape.units(), piece_count(shape.units()), shape.numel(), [&](int64_t, int64_t begin,
+                                                                                   int64_t end) {
       if (shape.channels_last) {
         rows_affine(src, dst, channels, alpha.data(), beta.data(), begin, end);
       } else {
@@ -519,7 +550,7 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
   const bool need_sums = need_dweight || need_dbias || (need_dx && used_batch_stats);
   std::optional<at::Tensor> dx, dweight, dbias;
   if (need_dx) {
-    dx = at::empty_like(x);
+    dx = empty_output(x);
   }
   if (need_dweight) {
     dweight = at::empty({channels}, x.options().dtype(compute));
@@ -537,12 +568,12 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
     const C* w = data_or_null<const C>(weight);
     std::vector<GradSums> sums(channels);
     if (need_sums) {
-      const int slots = share_slots();
-      std::vector<GradSums> partial(size_t(slots) * channels);
+      const int64_t pieces = piece_count(shape.units());
+      std::vector<GradSums> partial(size_t(pieces) * channels);
       {
         pybind11::gil_scoped_release no_gil;
-        parallel_shares(shape.units(), 2 * shape.numel(), [&](int slot, int64_t begin, int64_t end) {
-          GradSums* mine = partial.data() + size_t(slot) * channels;
+        parallel_pieces(shape.units(), pieces, 2 * shape.numel(), [&](int64_t piece, int64_t begin, int64_t end) {
+          GradSums* mine = partial.data() + size_t(piece) * channels;
           if (shape.channels_last) {
             std::vector<C> scratch(2 * channels);
             rows_grad_sums(g, v, m, channels, begin, end, mine, scratch.data());
@@ -552,9 +583,9 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
         });
       }
       for (int64_t c = 0; c < channels; ++c) {
-        for (int slot = 0; slot < slots; ++slot) {
-          sums[c].dy += partial[size_t(slot) * channels + c].dy;
-          sums[c].dy_xmu += partial[size_t(slot) * channels + c].dy_xmu;
+        for (int64_t piece = 0; piece < pieces; ++piece) {
+          sums[c].dy += partial[size_t(piece) * channels + c].dy;
+          sums[c].dy_xmu += partial[size_t(piece) * channels + c].dy_xmu;
         }
       }
     }
@@ -582,7 +613,8 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
     const DxCoefficients<T> k{m, k1.data(), k2.data(), k3.data()};
     T* out = static_cast<T*>(dx->data_ptr());
     pybind11::gil_scoped_release no_gil;
-    parallel_shares(shape.units(), 3 * shape.numel(), [&](int, int64_t begin, int64_t end) {
+    parallel_pieces(shape.units(), piece_count(shape.units()), 3 * shape.numel(), [&](int64_t, int64_t begin,
+                                                                                       int64_t end) {
       if (shape.channels_last) {
         rows_dx(g, v, out, k, channels, begin, end, used_batch_stats);
       } else {

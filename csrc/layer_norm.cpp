@@ -2,8 +2,8 @@
 //
 // Forward reads a row from memory once (the moments' second pass and the normalization hit the
 // cache) and writes it once. Backward reads x and dy once per row and writes dx; the weight and
-// bias gradients are summed per thread, in float blocks of rows flushed into double partials,
-// and reduced across threads at the end, in a fixed order.
+// bias gradients are summed per piece of rows (a few pieces per thread), in float blocks of rows
+// flushed into double partials, and the pieces' partials are added at the end, in piece order.
 #include <torch/extension.h>
 
 #include <cmath>
@@ -224,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(const at::Tens
   const c10::ScalarType compute = compute_dtype(x);
   check_vector(weight, "weight", n, compute);
   check_vector(bias, "bias", n, compute);
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = empty_output(x);
   at::Tensor mean = at::empty({m}, x.options().dtype(compute));
   at::Tensor rstd = at::empty({m}, x.options().dtype(compute));
   if (n == 0) {
@@ -237,7 +237,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(const at::Tens
     const ForwardArgs<T> args{static_cast<const T*>(x.data_ptr()), static_cast<T*>(y.data_ptr()),
                               data_or_null<const C>(weight), data_or_null<const C>(bias),
                               static_cast<C*>(mean.data_ptr()), static_cast<C*>(rstd.data_ptr()), n, C(eps)};
-    parallel_shares(m, m * n, [&](int, int64_t begin, int64_t end) { forward_rows(args, begin, end); });
+    parallel_pieces(m, piece_count(m), m * n, [&](int64_t, int64_t begin, int64_t end) {
+      forward_rows(args, begin, end);
+    });
   });
   return {y, mean, rstd};
 }
@@ -258,11 +260,11 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
   const bool need_dwb = need_dweight || need_dbias;
   std::optional<at::Tensor> dx;
   if (need_dx) {
-    dx = at::empty_like(x);
+    dx = empty_output(x);
   }
-  const int slots = share_slots();
-  // Per thread: double partials of dweight and dbias (n each), zeroed: a thread without rows adds nothing.
-  std::vector<double> thread_sums(need_dwb ? size_t(slots) * 2 * n : 0, 0.0);
+  const int64_t pieces = piece_count(m);
+  // Per piece of rows: double partials of dweight and dbias (n each).
+  std::vector<double> piece_sums(need_dwb ? size_t(pieces) * 2 * n : 0, 0.0);
   {
     pybind11::gil_scoped_release no_gil;
     dispatch_storage(x.scalar_type(), "layer_norm_backward", [&](auto* tag) {
@@ -275,8 +277,8 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
       if (!need_dx && !need_dwb) {
         return;
       }
-      parallel_shares(m, m * n, [&](int slot, int64_t begin, int64_t end) {
-        double* sums = need_dwb ? thread_sums.data() + size_t(slot) * 2 * n : nullptr;
+      parallel_pieces(m, pieces, m * n, [&](int64_t piece, int64_t begin, int64_t end) {
+        double* sums = need_dwb ? piece_sums.data() + size_t(piece) * 2 * n : nullptr;
         if (!need_dwb) {
           backward_rows(args, begin, end, nullptr, nullptr, nullptr, nullptr);
           return;
@@ -290,8 +292,8 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
   if (need_dwb) {
     at::Tensor totals = at::zeros({2, n}, x.options().dtype(at::kDouble));
     double* t = totals.data_ptr<double>();
-    for (int slot = 0; slot < slots; ++slot) {
-      const double* partial = thread_sums.data() + size_t(slot) * 2 * n;
+    for (int64_t piece = 0; piece < pieces; ++piece) {
+      const double* partial = piece_sums.data() + size_t(piece) * 2 * n;
       for (int64_t i = 0; i < 2 * n; ++i) {
         t[i] += partial[i];
       }
