@@ -60,9 +60,9 @@ def _layout(x):
     """(layout, contiguous 3-D tensor in that layout) for input x of shape (N, C, *spatial)."""
     n, c = x.shape[0], x.shape[1]
     s = x.numel() // (n * c)
-    spatial_last = x.movedim(1, -1)
     if x.is_contiguous() and s > 1:
         return PLANAR, x.reshape(n, c, s)
+    spatial_last = x.movedim(1, -1)
     if spatial_last.is_contiguous():
         return CHANNELS_LAST, spatial_last.reshape(n, s, c)
     return PLANAR, x.contiguous().reshape(n, c, s)
