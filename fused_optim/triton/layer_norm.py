@@ -24,9 +24,12 @@ MAX_TILE_COLUMNS = 8192
 LOOP_COLUMNS = 2048
 # Elements per program tile: short rows are grouped up to this many elements per program.
 TILE_ELEMENTS = 4096
-# Programs of the backward's first kernel, per streaming multiprocessor (CUDA) or in all (CPU).
+# Programs of the backward's first kernel, per streaming multiprocessor (CUDA) or in all (CPU),
+# and the fewest rows each takes: every program writes 2 * N partial sums, which the second
+# kernel reads back, so a program summing fewer rows would move more memory than it saves.
 BACKWARD_PROGRAMS_PER_SM = 4
 BACKWARD_PROGRAMS_CPU = 4
+BACKWARD_MIN_ROWS = 32
 
 
 @triton.jit(do_not_specialize=["M", "N"])
@@ -222,7 +225,7 @@ def _backward_programs(m, rows, device):
         budget = BACKWARD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         budget = BACKWARD_PROGRAMS_CPU
-    return max(1, min(budget, triton.cdiv(m, rows)))
+    return max(1, min(budget, triton.cdiv(m, max(rows, BACKWARD_MIN_ROWS))))
 
 
 def layer_norm_backward(dy, x, weight, mean, rstd, need_dx, need_dweight, need_dbias):
