@@ -92,6 +92,11 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, backend):
+        ctx.empty = x.numel() == 0
+        if ctx.empty:
+            # As torch: an empty output, zero parameter gradients, running statistics untouched.
+            ctx.parameters = [None if p is None else (p.shape, p.dtype, p.device) for p in (weight, bias)]
+            return torch.empty_like(x)
         forward, _ = _backend_functions(backend)
         compute = reference.compute_dtype(x.dtype)
         layout, x3 = _layout(x)
@@ -112,6 +117,9 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
+        if ctx.empty:
+            zeros = [None if p is None else torch.zeros(p[0], dtype=p[1], device=p[2]) for p in ctx.parameters]
+            return (torch.zeros_like(dy), *zeros, None, None, None, None, None, None)
         x3, weight_c, mean, rstd = ctx.saved_tensors
         backend, layout, shape, used_batch_stats = ctx.meta
         _, backward = _backend_functions(backend)
@@ -125,23 +133,6 @@ class BatchNormFunction(torch.autograd.Function):
         if dbias is not None:
             dbias = dbias.to(ctx.bias_dtype)
         return dx, dweight, dbias, None, None, None, None, None, None
-
-
-class EmptyBatchNormFunction(torch.autograd.Function):
-    """BatchNorm of an input with no elements: an empty output, zero parameter gradients, no stat update."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.weight_meta = None if weight is None else (weight.shape, weight.dtype, weight.device)
-        ctx.bias_meta = None if bias is None else (bias.shape, bias.dtype, bias.device)
-        return torch.empty_like(x)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        zeros = [None if meta is None else torch.zeros(meta[0], dtype=meta[1], device=meta[2])
-                 for meta in (ctx.weight_meta, ctx.bias_meta)]
-        return torch.zeros_like(dy), zeros[0], zeros[1]
 
 
 def check_batch_norm(input, running_mean, running_var, weight, bias, training):
@@ -186,8 +177,6 @@ def prepare_batch_norm(input, running_mean, running_var, weight, bias, training,
 
 def batch_norm_prepared(backend, input, running_mean, running_var, weight, bias, training, momentum, eps):
     """batch_norm on a concrete backend, for arguments ``prepare_batch_norm`` accepted."""
-    if input.numel() == 0:
-        return EmptyBatchNormFunction.apply(input, weight, bias)
     return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
                                    float(eps), backend)
 
