@@ -296,7 +296,8 @@ namespace {
 
 void register_bindings(pybind11::module_& m) {
   namespace py = pybind11;
-  // module_local: a stale prebuilt module and its JIT-built replacement can both be loaded.
+  // module_local: the loader may import a stale prebuilt extension before it loads a JIT build of
+  // newer sources into the same process; each module must own its type.
   py::class_<MultiTensorPlan>(m, "MultiTensorPlan", py::module_local())
       .def(py::init<std::vector<at::Tensor>, int64_t, std::optional<at::Tensor>, std::string>(), py::arg("params"),
            py::arg("n_state"), py::arg("steps"), py::arg("optimizer"))
