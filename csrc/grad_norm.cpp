@@ -322,6 +322,12 @@ double norm_power_sum(const std::vector<const at::Tensor*>& tensors, double p) {
   auto reduce_chunk = [&](size_t c) {
     const Chunk& chunk = chunks[c];
     const FlatTensor& f = flat[chunk.tensor];
+    if (c + 1 < chunks.size()) {
+      const Chunk& next = chunks[c + 1];
+      prefetch_head(static_cast<const char*>(flat[next.tensor].data) +
+                        next.begin * static_cast<int64_t>(c10::elementSize(flat[next.tensor].dtype)),
+                    false);
+    }
     with_storage(f.dtype, f.data, [&](auto* x) {
       const int64_t n = chunk.end - chunk.begin;
       partial[c] = (f.complex && kind != NormKind::kTwo) ? complex_power_sum(x + chunk.begin, n / 2, kind, p)
@@ -365,6 +371,7 @@ void scale_tensors(const std::vector<const at::Tensor*>& tensors, double factor)
   std::vector<const at::Tensor*> others;
   const std::vector<FlatTensor> flat = flatten(tensors, "scale", nullptr, &others);
   parallel_over_elements(prefix_sums(flat), [&](int64_t t, int64_t begin, int64_t end) {
+    if (t + 1 < static_cast<int64_t>(flat.size())) prefetch_head(flat[t + 1].data, true);
     with_storage(flat[t].dtype, flat[t].data, [&](auto* x) { scale(x + begin, end - begin, factor); });
   });
   for (const at::Tensor* t : others) {
@@ -377,6 +384,7 @@ void clamp_tensors(const std::vector<const at::Tensor*>& tensors, double low, do
   std::vector<const at::Tensor*> others;
   const std::vector<FlatTensor> flat = flatten(tensors, "clamp", nullptr, &others);
   parallel_over_elements(prefix_sums(flat), [&](int64_t t, int64_t begin, int64_t end) {
+    if (t + 1 < static_cast<int64_t>(flat.size())) prefetch_head(flat[t + 1].data, true);
     with_storage(flat[t].dtype, flat[t].data, [&](auto* x) { clamp(x + begin, end - begin, low, high); });
   });
   for (const at::Tensor* t : others) {

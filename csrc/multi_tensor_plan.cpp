@@ -6,6 +6,7 @@
 #include "grad_norm.h"
 #include "parallel.h"
 #include "registry.h"
+#include "simd.h"
 
 namespace fused_optim {
 namespace {
@@ -14,6 +15,13 @@ at::Tensor real_view(const at::Tensor& t) { return t.is_complex() ? at::view_as_
 
 c10::ScalarType real_dtype(const at::Tensor& t) {
   return t.is_complex() ? c10::toRealValueType(t.scalar_type()) : t.scalar_type();
+}
+
+// The next tensor's streams, requested while the current one is updated (see prefetch_head).
+void prefetch_work(const void* param, const void* grad, void* const* state, int64_t n_state) {
+  prefetch_head(param, true);
+  prefetch_head(grad, false);
+  for (int64_t k = 0; k < n_state; ++k) prefetch_head(state[k], true);
 }
 
 // True when every tensor can be walked as one flat array in the same element order.
@@ -255,6 +263,10 @@ void MultiTensorPlan::adam(double lr, double beta1, double beta2, double eps, do
       const Work& w = work_[t];
       const size_t pe = c10::elementSize(dtype);
       const size_t se = c10::elementSize(state_dtype_for(dtype));
+      if (t + 1 < static_cast<int64_t>(work_.size())) {
+        const Work& next = work_[t + 1];
+        prefetch_work(next.param, next.grad, next.state, amsgrad ? 3 : 2);
+      }
       adam_update(dtype, static_cast<char*>(w.param) + begin * pe, static_cast<const char*>(w.grad) + begin * pe,
                   static_cast<char*>(w.state[0]) + begin * se, static_cast<char*>(w.state[1]) + begin * se,
                   amsgrad ? static_cast<char*>(w.state[2]) + begin * se : nullptr, end - begin, constants,
@@ -284,6 +296,10 @@ void MultiTensorPlan::sgd(double lr, double momentum, double dampening, double w
       const Work& w = work_[t];
       const size_t pe = c10::elementSize(dtype);
       const size_t se = c10::elementSize(state_dtype_for(dtype));
+      if (t + 1 < static_cast<int64_t>(work_.size())) {
+        const Work& next = work_[t + 1];
+        prefetch_work(next.param, next.grad, next.state, momentum != 0 ? 1 : 0);
+      }
       sgd_update(dtype, static_cast<char*>(w.param) + begin * pe, static_cast<const char*>(w.grad) + begin * pe,
                  momentum != 0 ? static_cast<char*>(w.state[0]) + begin * se : nullptr, end - begin, constants,
                  first[t]);
