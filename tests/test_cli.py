@@ -254,8 +254,9 @@ def test_check_failure_exits_nonzero(capsys, tmp_path, monkeypatch):
     reason="fused_optim/triton/common.py flat_views() calls Tensor.is_non_overlapping_and_dense, which torch "
     "tensors do not have: the Triton backend raises AttributeError on any non-contiguous param or grad",
 )
-def test_check_triton(capsys):
-    code, out, _ = run(capsys, "check", "--device", TRITON_DEVICE, "--dtype", "float32,bfloat16")
+@pytest.mark.parametrize("device", [TRITON_DEVICE])  # the id says where Triton ran: cuda, or cpu interpreted
+def test_check_triton(capsys, device):
+    code, out, _ = run(capsys, "check", "--device", device, "--dtype", "float32,bfloat16")
     triton_lines = [line for line in out.splitlines() if line.split()[1:2] == ["triton"]]
     assert len(triton_lines) == 6
     assert code == 0, out

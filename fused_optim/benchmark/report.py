@@ -146,6 +146,9 @@ def _atomic_write(path, write):
     try:
         with os.fdopen(fd, "w", newline="") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; results are ordinary files
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
@@ -196,23 +199,25 @@ def write_plot(path, results, title):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     timed = [r for r in results if r["available"] and r["speedup_vs_torch_best"] is not None]
     cases = list(dict.fromkeys((r["op"], r["workload"], r["dtype"]) for r in timed))
     providers = list(dict.fromkeys(r["provider"] for r in timed))
     by_key = {(r["op"], r["workload"], r["dtype"], r["provider"]): r["speedup_vs_torch_best"] for r in timed}
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.9 * len(cases) * max(len(providers), 1) * 0.35 + 2), 4.5))
+    figure, axes = plt.subplots(figsize=(min(16.0, 3.0 + 0.6 * len(cases) * max(1.0, len(providers) / 4)), 4.5))
     width = 0.8 / max(len(providers), 1)
     for index, provider in enumerate(providers):
-        xs = [c + index * width for c in range(len(cases))]
-        ys = [by_key.get(case + (provider,), 0.0) for case in cases]
-        axes.bar(xs, ys, width, label=provider)
+        points = [(c + index * width, by_key[case + (provider,)]) for c, case in enumerate(cases) if case + (provider,) in by_key]
+        axes.bar([x for x, _ in points], [y for _, y in points], width, label=provider)
+    axes.set_yscale("log")  # speedups from 0.01x to 100x: equal ratios get equal heights
+    axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}x"))
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_xticks([c + 0.4 - width / 2 for c in range(len(cases))])
     axes.set_xticklabels([f"{op}\n{workload}\n{dtype}" for op, workload, dtype in cases], fontsize=8)
-    axes.set_ylabel("speedup over torch's best (x)")
+    axes.set_ylabel("speedup over torch's best")
     axes.set_title(title, fontsize=9)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(path, format="png", dpi=110)
     plt.close(figure)
