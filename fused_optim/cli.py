@@ -262,7 +262,8 @@ def cmd_info(args, parser):
     print(f"python {env['python']}, torch {env['torch']}, triton {env['triton'] or 'not installed'}, numpy {env['numpy']}")
     print(f"platform: {env['platform']}")
     print(f"cpu: {cpu['model']}, {cpu['usable_cores']} of {cpu['logical_cores']} logical cores usable, "
-          f"{cpu['torch_threads']} torch threads, SIMD: {', '.join(cpu['simd']) or 'none detected'}")
+          f"{cpu['torch_threads']} torch threads, SIMD: {', '.join(cpu['simd']) or 'none detected'}"
+          + (f", load average {' '.join(f'{x:g}' for x in cpu['load_average'])}" if cpu["load_average"] else ""))
     if cuda["devices"]:
         for gpu in cuda["devices"]:
             print(f"cuda:{gpu['index']}: {gpu['name']}, {gpu['memory_gib']} GiB, compute capability {gpu['capability']}, "

@@ -67,6 +67,14 @@ def available_memory(device):
     return None
 
 
+def load_average():
+    """The 1, 5 and 15 minute load averages: how busy the machine was (Unix), else None."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def _git_commit():
     """The commit of the checkout the package runs from, when it runs from one."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -124,6 +132,7 @@ def environment():
             "usable_cores": usable_cores(),
             "torch_threads": torch.get_num_threads(),
             "simd": simd,
+            "load_average": load_average(),
         },
         "cuda": {
             "available": torch.cuda.is_available(),

@@ -75,6 +75,8 @@ def human_bytes(n):
 def describe_machine(env, device):
     cpu = env["cpu"]
     text = f"{cpu['model']}, {cpu['usable_cores']} cores, {cpu['torch_threads']} torch threads"
+    if cpu.get("load_average"):
+        text += f", load {cpu['load_average'][0]:g}"
     if str(device).startswith("cuda"):
         index = int(str(device).partition(":")[2] or 0)
         gpu = env["cuda"]["devices"][index]
