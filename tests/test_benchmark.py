@@ -135,6 +135,30 @@ def test_measure_batches_fast_calls_into_samples():
     assert stats.median_s < 0.001
 
 
+def test_settings_stop_rule():
+    settings = timing.Settings(budget_s=1.0, min_rounds=5, max_rounds=50, slow_rounds=3, slow_case_s=3.0)
+    assert not settings.done(4, 2.0)  # budget spent, too few rounds
+    assert settings.done(5, 1.0)
+    assert not settings.done(2, 10.0)  # a slow case still takes slow_rounds rounds
+    assert settings.done(3, 3.5)
+    assert settings.done(50, 0.1)
+
+
+def test_slow_first_call_skips_sizing_on_cpu():
+    order = []
+
+    def slow():
+        order.append("slow")
+        time.sleep(0.003)
+
+    settings = timing.Settings(budget_s=0.0, min_rounds=2, max_rounds=2, min_sample_s=0.0001, warmup_s=0.0)
+    stats = timing.measure({"slow": slow}, timing.Clock("cpu"), settings, first_call_s={"slow": 0.01})["slow"]
+    assert stats.calls_per_sample == 1 and len(order) == 2  # two rounds, nothing else
+    order.clear()
+    stats = timing.measure({"slow": slow}, timing.Clock("cpu"), settings, first_call_s={"slow": 0.0005})["slow"]
+    assert len(order) == 3  # one call to size the samples, then two rounds
+
+
 def test_copy_bandwidth_is_measured():
     result = timing.copy_bandwidth("cpu", 1 << 20, timing.Settings.default(quick=True))
     assert result["bytes_per_copy"] == 1 << 20

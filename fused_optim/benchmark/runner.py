@@ -105,19 +105,21 @@ def run_case(case, device, quick, include_reference, settings, copy_gbps, on_rou
             rows[provider.name] = _row(case, device, shapes, bytes_per_step, provider, reason)
         runnable = []
     fns = {}
+    first_call_s = {}
+    clock = timing.Clock(device)
     if runnable:
         inputs = op.make_inputs(shapes, device, dtype, seed=0)
         for provider in runnable:
             try:
                 fn = provider.build(inputs)
-                fn()
+                first_call_s[provider.name] = clock.per_call(fn)  # creates state, compiles kernels
             except Exception as error:  # one failing provider must not lose the others' results
                 rows[provider.name] = _row(case, device, shapes, bytes_per_step, provider, f"failed: {first_line(error)}")
                 continue
             fns[provider.name] = fn
         del inputs
     try:
-        stats = timing.measure(fns, timing.Clock(device), settings, on_round)
+        stats = timing.measure(fns, clock, settings, on_round, first_call_s)
     finally:
         fns.clear()
         _free(device)

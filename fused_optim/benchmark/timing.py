@@ -83,25 +83,42 @@ class Clock:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How long to measure one case (all its providers together)."""
+    """How long to measure one case (all its providers together).
+
+    Rounds go on until ``budget_s`` has passed and ``min_rounds`` were taken; a case whose
+    rounds take long (steps of seconds, as GPT-2 on a CPU) stops after ``slow_rounds`` rounds
+    once ``slow_case_s`` has passed.
+    """
 
     budget_s: float = 1.0
     min_rounds: int = 5
     max_rounds: int = 200
+    slow_rounds: int = 3
+    slow_case_s: float = 3.0
     min_sample_s: float = 0.005
     warmup_s: float = 0.2
 
     @classmethod
     def default(cls, quick):
         if quick:
-            return cls(budget_s=0.02, min_rounds=3, max_rounds=20, min_sample_s=0.0005, warmup_s=0.005)
+            return cls(budget_s=0.02, min_rounds=3, max_rounds=20, slow_case_s=0.06, min_sample_s=0.0005, warmup_s=0.005)
         return cls()
 
+    def done(self, rounds, elapsed):
+        if rounds >= self.max_rounds:
+            return True
+        if rounds >= self.min_rounds and elapsed >= self.budget_s:
+            return True
+        return rounds >= self.slow_rounds and elapsed >= self.slow_case_s
 
-def measure(fns, clock, settings, on_round=None):
+
+def measure(fns, clock, settings, on_round=None, first_call_s=None):
     """Time every function of ``fns`` ({name: fn}, each already called once); returns {name: Stats}.
 
-    ``on_round(done, planned)`` is called after each round (for a progress display).
+    ``first_call_s`` ({name: seconds}) may give the time of that first call: on a CPU, a
+    function whose first call took ten samples' worth is timed one call per sample without
+    another call to size it (on CUDA a first call may be mostly kernel compilation, so there
+    every function is sized). ``on_round(done, planned)`` is called after each round.
     """
     if not fns:
         return {}
@@ -109,6 +126,9 @@ def measure(fns, clock, settings, on_round=None):
     calls = {}
     for name in names:
         fn = fns[name]
+        if not clock.cuda and (first_call_s or {}).get(name, 0.0) >= 10 * settings.min_sample_s:
+            calls[name] = 1
+            continue
         clock.sync()
         estimates = []
         started = time.perf_counter()
@@ -126,11 +146,12 @@ def measure(fns, clock, settings, on_round=None):
                 name = names[(rounds - 1 + offset) % len(names)]
                 samples[name].append(clock.per_call(fns[name], calls[name]))
             elapsed = time.perf_counter() - started
-            by_budget = math.ceil(settings.budget_s * rounds / max(elapsed, 1e-9))
-            planned = max(settings.min_rounds, min(settings.max_rounds, by_budget), rounds)
             if on_round:
-                on_round(rounds, planned)
-            if rounds >= settings.min_rounds and elapsed >= settings.budget_s:
+                by_budget = math.ceil(settings.budget_s * rounds / max(elapsed, 1e-9))
+                by_slow = math.ceil(settings.slow_case_s * rounds / max(elapsed, 1e-9))
+                planned = min(max(settings.min_rounds, by_budget), max(settings.slow_rounds, by_slow), settings.max_rounds)
+                on_round(rounds, max(planned, rounds))
+            if settings.done(rounds, elapsed):
                 break
     finally:
         if gc_was_enabled:
@@ -144,7 +165,7 @@ def copy_bandwidth(device, nbytes, settings):
     src = torch.rand(numel, device=device)
     dst = torch.empty_like(src)
     clock = Clock(device)
-    dst.copy_(src)
+    dst.copy_(src)  # first touch of the destination pages
     stats = measure({"copy": lambda: dst.copy_(src)}, clock, settings)["copy"]
     moved = traffic.copy(src.nbytes)
     return {
