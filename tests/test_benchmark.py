@@ -167,7 +167,16 @@ def test_copy_bandwidth_is_measured():
 
 # ----- one case ------------------------------------------------------------------------------
 
-def test_run_case_rows():
+@pytest.fixture
+def one_thread():
+    """Timing tests need no speed: one thread keeps them quick on a CPU shared with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_run_case_rows(one_thread):
     settings = timing.Settings.default(quick=True)
     case = runner.Case("adam", "small", "float32")
     rows = runner.run_case(case, torch.device("cpu"), True, False, settings, copy_gbps=10.0)
@@ -191,7 +200,7 @@ def test_run_case_rows():
         assert row["speedup_vs_torch_best"] == pytest.approx(best["median_s"] / row["median_s"])
 
 
-def test_reference_is_left_out_of_large_workloads(monkeypatch):
+def test_reference_is_left_out_of_large_workloads(monkeypatch, one_thread):
     monkeypatch.setattr(runner, "REFERENCE_LIMIT", 10)
     settings = timing.Settings.default(quick=True)
     rows = runner.run_case(runner.Case("sgd", "small", "float32"), torch.device("cpu"), True, False, settings, 10.0)
@@ -209,7 +218,7 @@ def test_case_skipped_when_memory_is_short(monkeypatch):
     assert "GiB free" in next(r for r in rows if r["provider"] == "fused_optim cpp")["reason"]
 
 
-def test_failing_provider_is_reported_not_raised(monkeypatch):
+def test_failing_provider_is_reported_not_raised(monkeypatch, one_thread):
     def broken(*args, **kwargs):
         raise RuntimeError("kernel exploded")
 

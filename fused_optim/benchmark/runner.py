@@ -111,17 +111,16 @@ def run_case(case, device, quick, include_reference, settings, copy_gbps, on_rou
         inputs = op.make_inputs(shapes, device, dtype, seed=0)
         for provider in runnable:
             try:
-                fn = provider.build(inputs)
-                first_call_s[provider.name] = clock.per_call(fn)  # creates state, compiles kernels
+                fns[provider.name] = provider.build(inputs)
+                first_call_s[provider.name] = clock.per_call(fns[provider.name])  # creates state, compiles kernels
             except Exception as error:  # one failing provider must not lose the others' results
+                fns.pop(provider.name, None)
                 rows[provider.name] = _row(case, device, shapes, bytes_per_step, provider, f"failed: {first_line(error)}")
-                continue
-            fns[provider.name] = fn
         del inputs
     try:
         stats = timing.measure(fns, clock, settings, on_round, first_call_s)
     finally:
-        fns.clear()
+        fns.clear()  # the providers' copies and state: give the memory back before the next case
         _free(device)
     for provider in runnable:
         if provider.name in stats:
