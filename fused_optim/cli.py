@@ -176,9 +176,12 @@ def cmd_bench(args, parser):
         settings={"device": str(device), "ops": ops, "workloads": workload_names, "dtypes": dtypes, "quick": args.quick,
                   "reference": args.reference, "timing": dataclasses.asdict(settings),
                   "configs": {name: OPS[name].config for name in ops}},
-        copy_bandwidth=None, results=[], targets=[],
+        copy_bandwidth=None, results=[], targets=[], load_average_end=None,
     )
     print(report.header("bench", env, device), flush=True)
+    busy = report.busy_warning(env["cpu"]["load_average"], env["cpu"]["usable_cores"])
+    if busy:
+        print(busy, flush=True)
     progress = report.Progress(len(cases))
     progress.update(0, "measuring copy bandwidth")
     bandwidth = timing.copy_bandwidth(device, runner.copy_bytes(device.type, args.quick), settings)
@@ -202,6 +205,10 @@ def cmd_bench(args, parser):
     document["targets"] = runner.evaluate_targets(cases, document["results"], device)
     if document["targets"]:
         print(report.targets_table(document["targets"]) + "\n")
+    document["load_average_end"] = environment.load_average()
+    busy = report.busy_warning(document["load_average_end"], env["cpu"]["usable_cores"], during=True)
+    if busy:
+        print(busy + "\n")
     document["complete"] = True
     if json_path:
         report.write_json(json_path, document)

@@ -292,3 +292,12 @@ def test_check_passes_on_cpp_and_catches_a_wrong_reference(monkeypatch):
     rows = ops.OPS["adam"].check(torch.device("cpu"), torch.float32)
     cpp = next(r for r in rows if r.backend == "cpp")
     assert cpp.passed is False and cpp.error_ratio > 1.0 and "outside tolerance" in cpp.reason
+
+
+def test_busy_warning():
+    from fused_optim.benchmark import report
+
+    assert report.busy_warning([0.4, 1.0, 1.0], 2) is None
+    assert report.busy_warning(None, 2) is None
+    warning = report.busy_warning([3.5, 2.0, 1.0], 2, during=True)
+    assert "load average 3.5 on 2 cores at the end of the run" in warning and "--threads 1" in warning

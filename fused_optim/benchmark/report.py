@@ -91,6 +91,16 @@ def header(title, env, device):
             f"{versions}{commit}; {env['date']}")
 
 
+def busy_warning(load_average, cores, during=False):
+    """A warning when other work kept the CPU busy (1-minute load at least half the cores), else None."""
+    if not load_average or not cores or load_average[0] < 0.5 * cores:
+        return None
+    when = "at the end of the run" if during else "before the run"
+    return (f"note: load average {load_average[0]:g} on {cores} cores {when}: other work shares this CPU, which "
+            f"slows multi-threaded providers most (each parallel region waits for a descheduled thread); "
+            f"--threads 1 gives steadier comparisons")
+
+
 def case_table(rows, op_summary):
     """One case's rows as a text table."""
     first = rows[0]
