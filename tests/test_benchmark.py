@@ -250,10 +250,15 @@ def test_targets_are_read_off_results():
          "pct_of_copy": 40.0, "median_s": 0.0011},
     ]
     verdicts = {v["workload"]: v for v in runner.evaluate_targets(cases, rows, torch.device("cuda"))}
-    assert verdicts["1b"]["met"] is True and verdicts["1b"]["value"] == 93.0
+    assert verdicts["1b"]["met"] is True and verdicts["1b"]["value"] == 93.0 and verdicts["1b"]["median_s"] == 0.007
     assert verdicts["gpt2"]["met"] is False and verdicts["gpt2"]["value"] == pytest.approx(1.1)
     assert "resnet50" not in verdicts  # not run
     assert runner.evaluate_targets(cases, rows, torch.device("cpu")) == []
+    from fused_optim.benchmark import report
+
+    table = report.targets_table(list(verdicts.values()))
+    assert "MET     adam: fused_optim triton on 1b (float32): >= 90% of copy bandwidth: 93% (step 7 ms)" in table
+    assert "MISSED  adam: fused_optim triton on gpt2 (float32): >= 1.2x faster than torch fused: 1.10x" in table
 
 
 # ----- check ---------------------------------------------------------------------------------

@@ -132,6 +132,7 @@ def targets_table(verdicts):
             value, verdict = "not measured", "n/a"
         else:
             value = f"{v['value']:.0f}%" if v["metric"] == "pct_of_copy" else f"{v['value']:.2f}x"
+            value += f" (step {human_time(v['median_s'])})"
             verdict = "MET" if v["met"] else "MISSED"
         lines.append(f"  {verdict:<7} {v['description']}: {value}")
     return "\n".join(lines)

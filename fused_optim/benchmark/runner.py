@@ -159,6 +159,7 @@ def evaluate_targets(cases, results, device):
                 "op": op_name, "workload": target.workload, "dtype": target.dtype, "provider": target.provider,
                 "metric": target.metric, "against": target.against, "threshold": target.threshold,
                 "value": value, "met": None if value is None else value >= target.threshold,
+                "median_s": row["median_s"] if row is not None and row["available"] else None,
                 "description": f"{op_name}: {target.describe()}",
             })
     return verdicts
