@@ -7,15 +7,8 @@ import torch
 from fused_optim.benchmark import runner, workloads
 from fused_optim.benchmark.ops import OPS
 
-_inputs = {}
-
-
-def shared_inputs(op, key, shapes, device, dtype):
-    """The inputs of the last case, reused by its other providers (each clones them)."""
-    if key not in _inputs:
-        _inputs.clear()  # one case's master copy at a time
-        _inputs[key] = op.make_inputs(shapes, device, dtype, seed=0)
-    return _inputs[key]
+#: the inputs of the latest workload, shared by its ops and providers (each provider clones them)
+_inputs = runner.InputCache()
 
 
 def test_step(benchmark, bench_case, bench_options):
@@ -30,8 +23,7 @@ def test_step(benchmark, bench_case, bench_options):
     elements = workloads.numel(shapes)
     if provider.slow and not bench_options["reference"] and elements > runner.REFERENCE_LIMIT:
         pytest.skip(f"{provider.name} is slow at {elements} elements (--fo-reference times it)")
-    inputs = shared_inputs(op, (case.op, case.workload, case.dtype, str(device), quick), shapes, device, dtype)
-    step = provider.build(inputs)
+    step = provider.build(_inputs.get(op, shapes, device, dtype, case.workload, quick))
     step()  # state creation, kernel compilation
 
     if device.type == "cuda":

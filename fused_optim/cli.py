@@ -188,18 +188,20 @@ def cmd_bench(args, parser):
     document["copy_bandwidth"] = bandwidth
     progress.clear()
     print(report.copy_line(bandwidth) + "\n", flush=True)
+    inputs = runner.InputCache()
     for index, case in enumerate(cases):
         progress.update(index, case.label)
 
         def on_round(done, planned, index=index, label=case.label):
             progress.update(index + done / planned, label)
 
-        rows = runner.run_case(case, device, args.quick, args.reference, settings, bandwidth["gbps"], on_round)
+        rows = runner.run_case(case, device, args.quick, args.reference, settings, bandwidth["gbps"], on_round, inputs)
         document["results"].extend(rows)
         progress.clear()
         print(report.case_table(rows, OPS[case.op].summary) + "\n", flush=True)
         if json_path:
             report.write_json(json_path, document)
+    inputs.clear()
     progress.update(len(cases), "done")
     progress.clear()
     document["targets"] = runner.evaluate_targets(cases, document["results"], device)

@@ -200,6 +200,22 @@ def test_run_case_rows(one_thread):
         assert row["speedup_vs_torch_best"] == pytest.approx(best["median_s"] / row["median_s"])
 
 
+def test_cases_are_workload_major_and_share_inputs(one_thread):
+    cases = runner.plan_cases(["sgd", "adam"], ["small", "gpt2"], ["float32", "bfloat16"])
+    assert [c.label for c in cases[:4]] == ["sgd small float32", "adam small float32", "sgd small bfloat16",
+                                            "adam small bfloat16"]
+    cache = runner.InputCache()
+    settings = timing.Settings.default(quick=True)
+    runner.run_case(cases[0], torch.device("cpu"), True, False, settings, 10.0, inputs=cache)
+    first = cache.inputs
+    runner.run_case(cases[1], torch.device("cpu"), True, False, settings, 10.0, inputs=cache)
+    assert cache.inputs is first  # adam steps copies of the inputs sgd had: they are unchanged
+    assert all(torch.equal(p, q) for p, q in zip(first.params, ops.ParamsAndGrads(
+        workloads.WORKLOADS["small"].shapes("cpu", True), torch.device("cpu"), torch.float32, 0).params))
+    runner.run_case(cases[2], torch.device("cpu"), True, False, settings, 10.0, inputs=cache)
+    assert cache.inputs is not first and cache.inputs.params[0].dtype == torch.bfloat16
+
+
 def test_reference_is_left_out_of_large_workloads(monkeypatch, one_thread):
     monkeypatch.setattr(runner, "REFERENCE_LIMIT", 10)
     settings = timing.Settings.default(quick=True)

@@ -37,8 +37,40 @@ class Case:
 
 
 def plan_cases(ops, workload_names, dtypes):
-    """Every (op, workload, dtype) asked for where the op runs on the workload, op-major."""
-    return [Case(op, w, d) for op in ops for w in workload_names if w in OPS[op].workloads for d in dtypes]
+    """Every (op, workload, dtype) asked for where the op runs on the workload; workload-major,
+    so consecutive ops can share one set of inputs (see InputCache)."""
+    return [Case(op, w, d) for w in workload_names for d in dtypes for op in ops if w in OPS[op].workloads]
+
+
+class InputCache:
+    """The inputs of the latest workload, kept while the next op needs the same ones.
+
+    Making GPT-2-sized inputs takes seconds on a CPU; ops with the same ``make_inputs`` (the
+    optimizers) share them. Providers only clone them, so sharing changes no result. One set is
+    kept at a time.
+    """
+
+    def __init__(self):
+        self.key = None
+        self.inputs = None
+
+    @staticmethod
+    def _key(op, device, dtype, workload, quick):
+        return (op.make_inputs, str(device), dtype, workload, quick)
+
+    def holds(self, op, device, dtype, workload, quick):
+        return self.key == self._key(op, device, dtype, workload, quick)
+
+    def get(self, op, shapes, device, dtype, workload, quick):
+        if not self.holds(op, device, dtype, workload, quick):
+            self.clear()
+            self.inputs = op.make_inputs(shapes, device, dtype, seed=0)
+            self.key = self._key(op, device, dtype, workload, quick)
+        return self.inputs
+
+    def clear(self):
+        self.key = self.inputs = None
+        gc.collect()
 
 
 def default_workloads(device_type):
@@ -79,8 +111,11 @@ def _free(device):
         torch.cuda.empty_cache()
 
 
-def run_case(case, device, quick, include_reference, settings, copy_gbps, on_round=None):
-    """Time every provider of one case; returns its result rows (unavailable providers included)."""
+def run_case(case, device, quick, include_reference, settings, copy_gbps, on_round=None, inputs=None):
+    """Time every provider of one case; returns its result rows (unavailable providers included).
+
+    ``inputs``: an InputCache shared by the cases of a run (else the inputs are made here).
+    """
     op = OPS[case.op]
     dtype = DTYPES[case.dtype]
     shapes = workloads.WORKLOADS[case.workload].shapes(device.type, quick)
@@ -97,8 +132,14 @@ def run_case(case, device, quick, include_reference, settings, copy_gbps, on_rou
                                        "not timed: slow at this size (--reference times it)")
         else:
             runnable.append(provider)
+    cache = inputs if inputs is not None else InputCache()
+    held = cache.holds(op, device, dtype, case.workload, quick)
+    if not held:
+        cache.clear()  # other inputs are not needed any more: free their memory before counting
+        _free(device)
     free = environment.available_memory(device)
-    needed = (len(runnable) + 1) * elements * op.memory_per_element(dtype)
+    # every provider's copy and state, plus the shared inputs unless they are already there
+    needed = (len(runnable) + (0 if held else 1)) * elements * op.memory_per_element(dtype)
     if free is not None and needed > MEMORY_SHARE * free:
         reason = f"skipped: needs about {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on {device}"
         for provider in runnable:
@@ -108,15 +149,15 @@ def run_case(case, device, quick, include_reference, settings, copy_gbps, on_rou
     first_call_s = {}
     clock = timing.Clock(device)
     if runnable:
-        inputs = op.make_inputs(shapes, device, dtype, seed=0)
+        shared = cache.get(op, shapes, device, dtype, case.workload, quick)
         for provider in runnable:
             try:
-                fns[provider.name] = provider.build(inputs)
+                fns[provider.name] = provider.build(shared)
                 first_call_s[provider.name] = clock.per_call(fns[provider.name])  # creates state, compiles kernels
             except Exception as error:  # one failing provider must not lose the others' results
                 fns.pop(provider.name, None)
                 rows[provider.name] = _row(case, device, shapes, bytes_per_step, provider, f"failed: {first_line(error)}")
-        del inputs
+        del shared
     try:
         stats = timing.measure(fns, clock, settings, on_round, first_call_s)
     finally:
