@@ -136,12 +136,13 @@ def test_measure_batches_fast_calls_into_samples():
 
 
 def test_settings_stop_rule():
-    settings = timing.Settings(budget_s=1.0, min_rounds=5, max_rounds=50, slow_rounds=3, slow_case_s=3.0)
+    settings = timing.Settings(budget_s=1.0, min_rounds=5, max_rounds=50, slow_rounds=3, slow_case_s=3.0, max_case_s=20.0)
     assert not settings.done(4, 2.0)  # budget spent, too few rounds
     assert settings.done(5, 1.0)
     assert not settings.done(2, 10.0)  # a slow case still takes slow_rounds rounds
     assert settings.done(3, 3.5)
     assert settings.done(50, 0.1)
+    assert settings.done(1, 20.0)  # a round of pathologically slow steps is the last one
 
 
 def test_slow_first_call_skips_sizing_on_cpu():
