@@ -176,10 +176,11 @@ def cmd_bench(args, parser):
         settings={"device": str(device), "ops": ops, "workloads": workload_names, "dtypes": dtypes, "quick": args.quick,
                   "reference": args.reference, "timing": dataclasses.asdict(settings),
                   "configs": {name: OPS[name].config for name in ops}},
-        copy_bandwidth=None, results=[], targets=[], load_average_end=None,
+        copy_bandwidth=None, results=[], targets=[], other_cpu_share=None,
     )
     print(report.header("bench", env, device), flush=True)
-    busy = report.busy_warning(env["cpu"]["load_average"], env["cpu"]["usable_cores"])
+    other_cpu = environment.OtherCpuUse()
+    busy = report.busy_note(env["cpu"]["load_average"], env["cpu"]["usable_cores"])
     if busy:
         print(busy, flush=True)
     progress = report.Progress(len(cases))
@@ -207,8 +208,8 @@ def cmd_bench(args, parser):
     document["targets"] = runner.evaluate_targets(cases, document["results"], device)
     if document["targets"]:
         print(report.targets_table(document["targets"]) + "\n")
-    document["load_average_end"] = environment.load_average()
-    busy = report.busy_warning(document["load_average_end"], env["cpu"]["usable_cores"], during=True)
+    document["other_cpu_share"] = other_cpu.share()
+    busy = report.busy_note(None, None, document["other_cpu_share"])
     if busy:
         print(busy + "\n")
     document["complete"] = True

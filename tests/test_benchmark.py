@@ -316,10 +316,25 @@ def test_check_passes_on_cpp_and_catches_a_wrong_reference(monkeypatch):
     assert cpp.passed is False and cpp.error_ratio > 1.0 and "outside tolerance" in cpp.reason
 
 
-def test_busy_warning():
+def test_busy_note():
     from fused_optim.benchmark import report
 
-    assert report.busy_warning([0.4, 1.0, 1.0], 2) is None
-    assert report.busy_warning(None, 2) is None
-    warning = report.busy_warning([3.5, 2.0, 1.0], 2, during=True)
-    assert "load average 3.5 on 2 cores at the end of the run" in warning and "--threads 1" in warning
+    assert report.busy_note([0.4, 1.0, 1.0], 2) is None
+    assert report.busy_note(None, 2) is None
+    before = report.busy_note([3.5, 2.0, 1.0], 2)
+    assert "load average 3.5 on 2 cores before the run" in before and "--threads 1" in before
+    assert report.busy_note(None, None, 0.05) is None
+    assert "other processes used 40% of this CPU during the run" in report.busy_note(None, None, 0.4)
+
+
+def test_other_cpu_use_leaves_out_this_process(monkeypatch):
+    from fused_optim.benchmark import environment
+
+    if environment.OtherCpuUse._sample() is None:
+        pytest.skip("no /proc/stat here")
+    samples = iter([(100.0, 500.0, 20.0), (110.0, 515.0, 28.0)])  # (time, machine busy s, own CPU s)
+    monkeypatch.setattr(environment.OtherCpuUse, "_sample", staticmethod(lambda: next(samples)))
+    monkeypatch.setattr(environment, "usable_cores", lambda: 2)
+    usage = environment.OtherCpuUse()
+    # 15 s busy on the machine, 8 of them this process's, over 10 s x 2 cores
+    assert usage.share() == pytest.approx(7 / 20)

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 
 BENCH_KEYS = {"schema", "created", "command", "environment", "complete", "settings", "copy_bandwidth", "results", "targets",
-              "load_average_end"}
+              "other_cpu_share"}
 ENVIRONMENT_KEYS = {"date", "fused_optim", "git_commit", "python", "torch", "triton", "numpy", "platform", "cpu", "cuda",
                     "cpp_extension", "triton_interpret", "backends"}
 COPY_KEYS = {"bytes_per_copy", "gbps", "median_s", "q1_s", "q3_s", "samples"}

@@ -5,6 +5,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import time
 
 import torch
 
@@ -73,6 +74,43 @@ def load_average():
         return [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):
         return None
+
+
+class OtherCpuUse:
+    """The share of the machine's CPU time that other processes used between start and now.
+
+    From /proc/stat (all CPUs' busy time, hypervisor steal included) minus this process's own
+    CPU time, over the elapsed time x usable cores: 0 on an idle machine, 1 when others kept
+    every core busy. None where /proc/stat is missing.
+    """
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        if not fields or fields[0] != "cpu":
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+        busy = (user + nice + system + irq + softirq + steal) / ticks
+        own = os.times()
+        return time.monotonic(), busy, own.user + own.system
+
+    def share(self):
+        now = self._sample()
+        if self.start is None or now is None:
+            return None
+        elapsed = now[0] - self.start[0]
+        if elapsed <= 0:
+            return None
+        other = (now[1] - self.start[1]) - (now[2] - self.start[2])
+        return min(1.0, max(0.0, other / (elapsed * usable_cores())))
 
 
 def _git_commit():
