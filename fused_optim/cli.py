@@ -180,15 +180,14 @@ def cmd_bench(args, parser):
     )
     print(report.header("bench", env, device), flush=True)
     other_cpu = environment.OtherCpuUse()
-    busy = report.busy_note(env["cpu"]["load_average"], env["cpu"]["usable_cores"])
-    if busy:
-        print(busy, flush=True)
     progress = report.Progress(len(cases))
     progress.update(0, "measuring copy bandwidth")
     bandwidth = timing.copy_bandwidth(device, runner.copy_bytes(device.type, args.quick), settings)
     document["copy_bandwidth"] = bandwidth
     progress.clear()
-    print(report.copy_line(bandwidth) + "\n", flush=True)
+    print(report.copy_line(bandwidth), flush=True)
+    busy = report.busy_note(other_cpu.share(), "while it was measured")
+    print((busy + "\n") if busy else "", flush=True)
     inputs = runner.InputCache()
     for index, case in enumerate(cases):
         progress.update(index, case.label)
@@ -209,7 +208,7 @@ def cmd_bench(args, parser):
     if document["targets"]:
         print(report.targets_table(document["targets"]) + "\n")
     document["other_cpu_share"] = other_cpu.share()
-    busy = report.busy_note(None, None, document["other_cpu_share"])
+    busy = report.busy_note(document["other_cpu_share"], "during the run")
     if busy:
         print(busy + "\n")
     document["complete"] = True

@@ -91,18 +91,13 @@ def header(title, env, device):
             f"{versions}{commit}; {env['date']}")
 
 
-def busy_note(load_average, cores, other_share=None):
-    """A note when other work shared the CPU (None when it did not): before the run, a 1-minute
-    load average of at least half the cores; during it, other processes using 10% of the CPU."""
-    advice = ("other work slows multi-threaded providers most (each parallel region waits for a descheduled "
-              "thread); --threads 1 gives steadier comparisons")
-    if other_share is not None:
-        if other_share < 0.1:
-            return None
-        return f"note: other processes used {100 * other_share:.0f}% of this CPU during the run: {advice}"
-    if not load_average or not cores or load_average[0] < 0.5 * cores:
+def busy_note(other_share, when):
+    """A note when other processes used 10% or more of the CPU (``when``: "so far", "during the run")."""
+    if other_share is None or other_share < 0.1:
         return None
-    return f"note: load average {load_average[0]:g} on {cores} cores before the run: {advice}"
+    return (f"note: other processes used {100 * other_share:.0f}% of this CPU {when}: other work slows "
+            f"multi-threaded providers most (each parallel region waits for a descheduled thread); "
+            f"--threads 1 gives steadier comparisons")
 
 
 def case_table(rows, op_summary):
