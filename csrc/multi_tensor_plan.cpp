@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "dtypes.h"
+#include "grad_norm.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -165,19 +166,58 @@ void MultiTensorPlan::gather_work() {
 }
 
 void MultiTensorPlan::finish() {
+  write_back();
+  for (int64_t i : active_) fresh_[i] = 0;
+  forget_scan();
+}
+
+void MultiTensorPlan::write_back() {
   for (auto& [destination, copy] : write_back_) destination.copy_(copy);
   write_back_.clear();
   keep_alive_.clear();
-  for (int64_t i : active_) fresh_[i] = 0;
+}
+
+void MultiTensorPlan::forget_scan() {
   active_.clear();
   grads_.clear();
   complex_grads_.clear();
   scanned_ = false;
 }
 
-void MultiTensorPlan::adam(double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                           bool maximize, bool decoupled_weight_decay) {
+at::Tensor MultiTensorPlan::launch_rows(int64_t counters_address) {
   check_scanned();
+  gather_work();
+  at::Tensor rows = at::zeros({static_cast<int64_t>(work_.size()), 8}, at::kLong);
+  int64_t* row = rows.data_ptr<int64_t>();
+  for (size_t a = 0; a < work_.size(); ++a, row += 8) {
+    const Work& w = work_[a];
+    row[0] = reinterpret_cast<int64_t>(w.param);
+    row[1] = reinterpret_cast<int64_t>(w.grad);
+    for (int64_t k = 0; k < n_state_; ++k) row[2 + k] = reinterpret_cast<int64_t>(w.state[k]);
+    row[5] = prefix_[a + 1] - prefix_[a];
+    row[6] = counters_address + 4 * w.index;
+  }
+  return rows;
+}
+
+void MultiTensorPlan::finish_launch() {
+  write_back();
+  forget_scan();
+}
+
+double MultiTensorPlan::grad_norm_power_sum(double p) const {
+  check_scanned();
+  pybind11::gil_scoped_release no_gil;
+  return norm_power_sum(grads_, p);
+}
+
+void MultiTensorPlan::adam(double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                           bool maximize, bool decoupled_weight_decay, double grad_factor, bool skip) {
+  check_scanned();
+  if (skip) {
+    forget_scan();  // a skipped first step leaves SGD's buffers fresh
+    return;
+  }
   TORCH_CHECK(n_state_ == (amsgrad ? 3 : 2), "MultiTensorPlan.adam: the plan was built with ", n_state_,
               " state tensors per parameter");
   TORCH_CHECK(steps_.defined(), "MultiTensorPlan.adam: the plan has no step counts");
@@ -206,6 +246,7 @@ void MultiTensorPlan::adam(double lr, double beta1, double beta2, double eps, do
   constants.l2_weight_decay = (decay && !decoupled_weight_decay) ? weight_decay : 0.0;
   constants.decay = (decay && decoupled_weight_decay) ? 1.0 - lr * weight_decay : 1.0;
   constants.grad_sign = maximize ? -1.0 : 1.0;
+  constants.grad_factor = grad_factor;
   constants.amsgrad = amsgrad;
   {
     pybind11::gil_scoped_release no_gil;
@@ -224,12 +265,16 @@ void MultiTensorPlan::adam(double lr, double beta1, double beta2, double eps, do
 }
 
 void MultiTensorPlan::sgd(double lr, double momentum, double dampening, double weight_decay, bool nesterov,
-                          bool maximize) {
+                          bool maximize, double grad_factor, bool skip) {
   check_scanned();
+  if (skip) {
+    forget_scan();  // a skipped first step leaves SGD's buffers fresh
+    return;
+  }
   TORCH_CHECK(n_state_ == (momentum != 0 ? 1 : 0), "MultiTensorPlan.sgd: the plan was built with ", n_state_,
               " state tensors per parameter");
   gather_work();
-  SgdConstants constants{lr, momentum, dampening, weight_decay, maximize ? -1.0 : 1.0, nesterov};
+  SgdConstants constants{lr, momentum, dampening, weight_decay, maximize ? -1.0 : 1.0, grad_factor, nesterov};
   std::vector<char> first(work_.size());
   for (size_t a = 0; a < work_.size(); ++a) first[a] = fresh_[work_[a].index];
   {
@@ -251,15 +296,21 @@ namespace {
 
 void register_bindings(pybind11::module_& m) {
   namespace py = pybind11;
-  py::class_<MultiTensorPlan>(m, "MultiTensorPlan")
+  // module_local: the loader may import a stale prebuilt extension before it loads a JIT build of
+  // newer sources into the same process; each module must own its type.
+  py::class_<MultiTensorPlan>(m, "MultiTensorPlan", py::module_local())
       .def(py::init<std::vector<at::Tensor>, int64_t, std::optional<at::Tensor>, std::string>(), py::arg("params"),
            py::arg("n_state"), py::arg("steps"), py::arg("optimizer"))
       .def("scan", &MultiTensorPlan::scan)
       .def("bind", &MultiTensorPlan::bind, py::arg("index"), py::arg("state"), py::arg("fresh"))
+      .def("grad_norm_power_sum", &MultiTensorPlan::grad_norm_power_sum, py::arg("p"))
+      .def("launch_rows", &MultiTensorPlan::launch_rows, py::arg("counters_address"))
+      .def("finish_launch", &MultiTensorPlan::finish_launch)
       .def("adam", &MultiTensorPlan::adam, py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
-           py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled_weight_decay"))
+           py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled_weight_decay"),
+           py::arg("grad_factor"), py::arg("skip"))
       .def("sgd", &MultiTensorPlan::sgd, py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
-           py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"))
+           py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("grad_factor"), py::arg("skip"))
       .def("__len__", &MultiTensorPlan::size);
 }
 

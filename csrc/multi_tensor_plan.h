@@ -31,9 +31,24 @@ class MultiTensorPlan {
   // fresh: the tensors hold nothing yet (SGD's first momentum step writes instead of reading).
   void bind(int64_t index, const std::vector<at::Tensor>& state, bool fresh);
 
+  // sum |g|^p over the scanned gradients (max |g| for p = inf), deterministic: see grad_norm.h.
+  double grad_norm_power_sum(double p) const;
+
+  // Steps the scanned parameters. Each gradient is first multiplied by grad_factor (unscaling and
+  // clipping); with skip (a step with inf/NaN gradients under AMP) nothing changes, not even steps.
   void adam(double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
-            bool decoupled_weight_decay);
-  void sgd(double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize);
+            bool decoupled_weight_decay, double grad_factor, bool skip);
+  void sgd(double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+           double grad_factor, bool skip);
+
+  // For kernels launched elsewhere (Triton): one int64 row per scanned parameter,
+  //   [param, grad, state0, state1, state2, numel, counter, 0]
+  // with data addresses (0 for absent state), numel in real elements, and counter the address
+  // counters_address + 4 * index of the parameter's float32 counter (its step count or first-step
+  // flag). Tensors with odd layouts are given as contiguous copies; finish_launch() writes them
+  // back, after the launch is enqueued, and forgets the scan.
+  at::Tensor launch_rows(int64_t counters_address);
+  void finish_launch();
 
   int64_t size() const { return static_cast<int64_t>(params_.size()); }
 
@@ -50,6 +65,8 @@ class MultiTensorPlan {
   // copies that finish() writes back.
   void gather_work();
   void finish();
+  void write_back();
+  void forget_scan();
 
   std::vector<at::Tensor> params_;
   std::vector<char> is_complex_;

@@ -21,7 +21,8 @@ using state_t = compute_t<T>;
 
 template <typename C>
 struct AdamScalars {
-  C beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2, decay, sign, neg_step_size, bias_correction2_sqrt;
+  C beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2, decay, sign, grad_factor, neg_step_size,
+      bias_correction2_sqrt;
   bool lerp_from_start;  // torch's lerp: start + w * (end - start) for |w| < 0.5, else end - (end - start) * (1 - w)
 
   AdamScalars(const AdamConstants& c, const AdamTensorConstants& t)
@@ -33,6 +34,7 @@ struct AdamScalars {
         l2(C(c.l2_weight_decay)),
         decay(C(c.decay)),
         sign(C(c.grad_sign)),
+        grad_factor(C(c.grad_factor)),
         neg_step_size(C(t.neg_step_size)),
         bias_correction2_sqrt(C(t.bias_correction2_sqrt)),
         lerp_from_start(std::abs(1.0 - c.beta1) < 0.5) {}
@@ -46,7 +48,7 @@ FUSED_OPTIM_INLINE void adam_loop(T* __restrict p, const T* __restrict g, state_
   const C one_minus_weight = C(1) - s.one_minus_beta1;
   for (int64_t i = 0; i < n; ++i) {
     C param = load(p[i]);
-    C grad = s.sign * load(g[i]);
+    C grad = s.sign * (load(g[i]) * s.grad_factor);
     if (L2) {
       grad = grad + s.l2 * param;
     }
@@ -72,11 +74,12 @@ FUSED_OPTIM_INLINE void adam_loop(T* __restrict p, const T* __restrict g, state_
 template <typename T, bool MOMENTUM, bool FIRST>
 FUSED_OPTIM_INLINE void sgd_loop(T* __restrict p, const T* __restrict g, state_t<T>* __restrict buf, int64_t n,
                                  compute_t<T> neg_lr, compute_t<T> momentum, compute_t<T> one_minus_dampening,
-                                 compute_t<T> weight_decay, compute_t<T> sign, bool l2, bool nesterov) {
+                                 compute_t<T> weight_decay, compute_t<T> sign, compute_t<T> grad_factor, bool l2,
+                                 bool nesterov) {
   using C = compute_t<T>;
   for (int64_t i = 0; i < n; ++i) {
     const C param = load(p[i]);
-    C grad = sign * load(g[i]);
+    C grad = sign * (load(g[i]) * grad_factor);
     if (l2) {
       grad = grad + weight_decay * param;
     }
@@ -124,9 +127,10 @@ FUSED_OPTIM_ADAM_DTYPE(f16, half_t)
 #define FUSED_OPTIM_SGD_VARIANT(NAME, T, MOMENTUM, FIRST)                                                   \
   FUSED_OPTIM_SIMD_CLONES void NAME(T* p, const T* g, state_t<T>* buf, int64_t n, compute_t<T> neg_lr,     \
                                     compute_t<T> momentum, compute_t<T> one_minus_dampening,               \
-                                    compute_t<T> weight_decay, compute_t<T> sign, bool l2, bool nesterov) { \
-    sgd_loop<T, MOMENTUM, FIRST>(p, g, buf, n, neg_lr, momentum, one_minus_dampening, weight_decay, sign, l2, \
-                                 nesterov);                                                                  \
+                                    compute_t<T> weight_decay, compute_t<T> sign, compute_t<T> grad_factor,     \
+                                    bool l2, bool nesterov) {                                                   \
+    sgd_loop<T, MOMENTUM, FIRST>(p, g, buf, n, neg_lr, momentum, one_minus_dampening, weight_decay, sign,     \
+                                 grad_factor, l2, nesterov);                                                 \
   }
 
 #define FUSED_OPTIM_SGD_DTYPE(SUFFIX, T)                                                                     \
@@ -136,16 +140,17 @@ FUSED_OPTIM_ADAM_DTYPE(f16, half_t)
   void sgd_dispatch(T* p, const T* g, state_t<T>* buf, int64_t n, const SgdConstants& c, bool first) {      \
     using C = compute_t<T>;                                                                                  \
     const C neg_lr = C(-c.lr), momentum = C(c.momentum), one_minus_dampening = C(1.0 - c.dampening);        \
-    const C weight_decay = C(c.weight_decay), sign = C(c.grad_sign);                                         \
+    const C weight_decay = C(c.weight_decay), sign = C(c.grad_sign), factor = C(c.grad_factor);             \
     const bool l2 = c.weight_decay != 0;                                                                     \
     if (buf == nullptr) {                                                                                    \
-      sgd_##SUFFIX(p, g, buf, n, neg_lr, momentum, one_minus_dampening, weight_decay, sign, l2, c.nesterov); \
+      sgd_##SUFFIX(p, g, buf, n, neg_lr, momentum, one_minus_dampening, weight_decay, sign, factor, l2,     \
+                   c.nesterov);                                                                              \
     } else if (first) {                                                                                      \
-      sgd_momentum_first_##SUFFIX(p, g, buf, n, neg_lr, momentum, one_minus_dampening, weight_decay, sign, l2, \
-                                  c.nesterov);                                                               \
+      sgd_momentum_first_##SUFFIX(p, g, buf, n, neg_lr, momentum, one_minus_dampening, weight_decay, sign,   \
+                                  factor, l2, c.nesterov);                                                   \
     } else {                                                                                                 \
-      sgd_momentum_##SUFFIX(p, g, buf, n, neg_lr, momentum, one_minus_dampening, weight_decay, sign, l2,     \
-                            c.nesterov);                                                                     \
+      sgd_momentum_##SUFFIX(p, g, buf, n, neg_lr, momentum, one_minus_dampening, weight_decay, sign, factor, \
+                            l2, c.nesterov);                                                                 \
     }                                                                                                        \
   }
 

@@ -16,6 +16,7 @@ struct AdamConstants {
   double l2_weight_decay;  // Adam's weight_decay (added to the gradient); 0 for AdamW
   double decay;            // AdamW's 1 - lr * weight_decay; 1 for Adam
   double grad_sign;        // -1 under maximize
+  double grad_factor;      // unscale and clip: the gradient is multiplied by it first (1 for neither)
   bool amsgrad;
 };
 
@@ -34,6 +35,7 @@ struct SgdConstants {
   double dampening;
   double weight_decay;
   double grad_sign;
+  double grad_factor;
   bool nesterov;
 };
 

@@ -250,11 +250,6 @@ def test_check_failure_exits_nonzero(capsys, tmp_path, monkeypatch):
     assert any(r["backend"] == "cpp" and r["passed"] is False for r in document["rows"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fused_optim/triton/common.py flat_views() calls Tensor.is_non_overlapping_and_dense, which torch "
-    "tensors do not have: the Triton backend raises AttributeError on any non-contiguous param or grad",
-)
 @pytest.mark.parametrize("device", [TRITON_DEVICE])  # the id says where Triton ran: cuda, or cpu interpreted
 def test_check_triton(capsys, device):
     code, out, _ = run(capsys, "check", "--device", device, "--dtype", "float32,bfloat16")

@@ -1,15 +1,22 @@
-"""Multi-tensor optimizer plans: the tensors of one (param group, device, real dtype), bound once
-and stepped many times, on any backend.
+"""Multi-tensor optimizer plans: the tensors of one (param group, device, real dtype), bound once and
+stepped many times, on any backend.
 
 Every plan has the interface of the C++ ``MultiTensorPlan``: ``scan()`` checks all gradients and
-changes nothing, ``bind()`` attaches a parameter's state tensors, ``adam()`` / ``sgd()`` step
-the parameters scanned. The C++ plan does all per-tensor work in C++; ``ListPlan`` does it in
-Python and hands lists of tensors to the reference or the Triton implementation.
+changes nothing, ``bind()`` attaches a parameter's state tensors, ``adam()`` / ``sgd()`` step the
+parameters scanned, ``norm_partials()`` (``grad_norm_power_sum()`` in C++) gives the power sums of
+the scanned gradients for clipping.
+
+- ``cpp``: the C++ plan does everything, with no per-tensor work in Python.
+- ``triton``: ``TritonPlan`` launches the kernels; its bookkeeping (scan, checks, the launch rows of
+  pointers) is the C++ plan's when the extension is available, else ``ListPlan``'s, in Python.
+- ``reference``: ``ListPlan``, Python bookkeeping and the reference math.
 """
 
 import torch
 
 from .. import _cpp
+from .._layout import flat_views, real, write_back
+from ..reference import clip as clip_reference
 from ..reference import optim as reference
 
 
@@ -17,15 +24,10 @@ def real_dtype(t):
     return t.real.dtype if t.is_complex() else t.dtype
 
 
-def _real(t):
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
 class ListPlan:
-    """A plan for the reference and Triton backends."""
+    """Bookkeeping in Python, and the reference math."""
 
-    def __init__(self, backend, params, n_state, steps, optimizer):
-        self.backend = backend
+    def __init__(self, params, n_state, steps, optimizer):
         self.params = params
         self.n_state = n_state
         self.steps = steps
@@ -37,6 +39,7 @@ class ListPlan:
         self.fresh = [False] * len(params)
         self.active = None
         self.grads = None
+        self._copies = []
 
     def __len__(self):
         return len(self.params)
@@ -92,42 +95,124 @@ class ListPlan:
         self.active = self.grads = None
         return active, grads
 
-    def adam(self, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
+    def launch_rows(self, counters_address):
+        """As the C++ plan's launch_rows: int64 rows [param, grad, state0..2, numel, counter, 0]."""
+        if self.active is None:
+            raise RuntimeError("plan: scan() must precede a step")
+        rows = []
+        for i, g in zip(self.active, self.grads):
+            state = self.state[i]
+            tensors = [real(self.params[i]), real(g)] + [real(s) for s in state]
+            flat, copies = flat_views(tensors, [True, False] + [True] * len(state))
+            self._copies.extend(copies)
+            pointers = [t.data_ptr() for t in flat] + [0] * (5 - len(flat))
+            rows.append(pointers + [flat[0].numel(), counters_address + 4 * i, 0])
+        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 8)
+
+    def finish_launch(self):
+        write_back(self._copies)
+        self._copies = []
+        self.active = self.grads = None
+
+    def norm_partials(self, norm_type):
+        """Power sum of the scanned gradients as a 1-element float64 tensor."""
+        if not self.grads:
+            return torch.zeros(1, dtype=torch.float64, device=self.device)
+        return clip_reference.power_sum(self.grads, norm_type).reshape(1)
+
+    def adam(self, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_factor=None,
+             found_inf=None):
         active, grads = self._take_scanned()
-        self.steps[active] += 1
-        hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                     maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
-        if self.backend == "reference":
-            for i, g in zip(active, grads):
-                m, v, *rest = self.state[i]
-                reference.adam(self.params[i], g, m, v, rest[0] if amsgrad else None, self.steps[i].item(), **hyper)
-        else:
-            from ..triton import optim as triton_optim
+        if found_inf is not None and bool(found_inf.item() != 0):  # a host read: the reference may sync
+            return
+        for i, g in zip(active, grads):
+            self.steps[i] += 1
+            m, v, *rest = self.state[i]
+            reference.adam(self.params[i], g, m, v, rest[0] if amsgrad else None, self.steps[i].item(), lr=lr,
+                           beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                           maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, grad_factor=grad_factor)
 
-            triton_optim.multi_tensor_adam(
-                [self.params[i] for i in active], grads, [self.state[i] for i in active], self.steps[active], **hyper
-            )
-
-    def sgd(self, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    def sgd(self, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_factor=None, found_inf=None):
         active, grads = self._take_scanned()
-        hyper = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                     maximize=maximize)
-        first = [self.fresh[i] for i in active]
-        if self.backend == "reference":
-            for i, g, f in zip(active, grads, first):
-                reference.sgd(self.params[i], g, self.state[i][0] if momentum != 0 else None, first=f, **hyper)
-        else:
-            from ..triton import optim as triton_optim
-
-            triton_optim.multi_tensor_sgd(
-                [self.params[i] for i in active], grads, [self.state[i] for i in active], first, **hyper
-            )
-        for i in active:
+        if found_inf is not None and bool(found_inf.item() != 0):
+            return
+        for i, g in zip(active, grads):
+            reference.sgd(self.params[i], g, self.state[i][0] if momentum != 0 else None, lr=lr, momentum=momentum,
+                          dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                          first=self.fresh[i], grad_factor=grad_factor)
             self.fresh[i] = False
+
+
+class TritonPlan:
+    """One launch per step for the plan's tensors.
+
+    The per-tensor counters the kernels read live on the device: step counts (``steps``, from the
+    optimizer) and SGD's first-step flags (``fresh``). A small kernel advances them after the update
+    unless AMP found inf/NaN, so a skipped step needs no host sync.
+    """
+
+    def __init__(self, params, n_state, steps, optimizer):
+        ext = _cpp.get()
+        self.book = ext.MultiTensorPlan(params, n_state, None, optimizer) if ext else ListPlan(
+            params, n_state, None, optimizer)
+        self.steps = steps
+        self.dtype = real_dtype(params[0]) if params else torch.float32
+        self.device = params[0].device if params else torch.device("cpu")
+        self.fresh = torch.zeros(len(params), dtype=torch.float32, device=self.device)
+        self._rows = None
+
+    def __len__(self):
+        return len(self.book)
+
+    def scan(self):
+        self._rows = None
+        return self.book.scan()
+
+    def bind(self, index, state, fresh):
+        self.book.bind(index, state, fresh)
+        self.fresh[index] = 1.0 if fresh else 0.0
+
+    def _launch_rows(self, counters):
+        if self._rows is None:
+            self._rows = self.book.launch_rows(counters.data_ptr())
+        return self._rows
+
+    def _finish(self):
+        self.book.finish_launch()
+        self._rows = None
+
+    def norm_partials(self, norm_type):
+        from ..triton import clip as triton_clip
+
+        rows = self._launch_rows(self.steps if self.steps is not None else self.fresh)
+        return triton_clip.optimizer_grad_partials(rows, self.dtype, self.device, norm_type)
+
+    def adam(self, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_factor=None,
+             found_inf=None):
+        from ..triton import optim as triton_optim
+
+        triton_optim.multi_tensor_adam(
+            self._launch_rows(self.steps), self.dtype, self.device, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+            weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay, grad_factor=grad_factor, found_inf=found_inf,
+        )
+        self._finish()
+
+    def sgd(self, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_factor=None, found_inf=None):
+        from ..triton import optim as triton_optim
+
+        triton_optim.multi_tensor_sgd(
+            self._launch_rows(self.fresh), self.dtype, self.device, lr=lr, momentum=momentum, dampening=dampening,
+            weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, grad_factor=grad_factor,
+            found_inf=found_inf,
+        )
+        self._finish()
 
 
 def make_plan(backend, params, n_state, steps, optimizer):
     """A plan for ``params`` (one device, one real dtype) on a concrete backend."""
     if backend == "cpp":
         return _cpp.get().MultiTensorPlan(params, n_state, steps, optimizer)
-    return ListPlan(backend, params, n_state, steps, optimizer)
+    if backend == "triton":
+        return TritonPlan(params, n_state, steps, optimizer)
+    return ListPlan(params, n_state, steps, optimizer)

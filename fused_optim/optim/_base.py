@@ -1,6 +1,15 @@
 """The shared frontend of fused_optim's optimizers: a ``torch.optim.Optimizer`` whose step hands
 each (param group, device, dtype) to one multi-tensor plan.
 
+Gradient clipping (``max_grad_norm``) and AMP unscaling are fused into the update: the norm of all
+the optimizer's gradients is one multi-tensor reduction, and the update kernel multiplies each
+gradient by the resulting factor as it reads it. Gradients are read once for the norm and once for
+the update and never written, so they stay unclipped and scaled (unlike after ``clip_grad_norm_``).
+Under ``torch.amp.GradScaler`` the optimizer follows torch's fused-optimizer protocol
+(``_step_supports_amp_scaling``): the scaler hands over ``grad_scale`` and ``found_inf`` tensors,
+the unscale happens in the kernel, and a step with inf/NaN gradients changes nothing, decided on
+the device without a host sync.
+
 Plans are built on the first step and reused; they are rebuilt when the optimizer's structure
 changes (``add_param_group``, ``load_state_dict``, a group's parameter list replaced or resized,
 ``optimizer.state`` replaced or entries added or removed, a parameter's dtype or device changed,
@@ -14,6 +23,7 @@ import torch
 
 from .. import _backend
 from ..ops import optim as plans
+from ..reference import clip as clip_reference
 from ..reference.optim import state_dtype
 
 def real_dtype(t):
@@ -25,13 +35,21 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
 
     #: name used in error messages, as torch words them ("Adam does not support ...")
     _display_name = "Optimizer"
-    #: float32 CPU step counts per parameter, as torch keeps them
+    #: float32 step counts per parameter, as torch keeps them
     _has_steps = True
+    #: torch.amp.GradScaler hands grad_scale and found_inf to step() instead of unscaling itself
+    _step_supports_amp_scaling = True
 
-    def __init__(self, params, defaults, backend):
+    def __init__(self, params, defaults, backend, max_grad_norm=None):
         if defaults.get("differentiable"):
             raise RuntimeError(f"fused_optim.{type(self).__name__} does not support differentiable=True")
+        if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm >= 0):
+            raise ValueError(f"Invalid max_grad_norm: {max_grad_norm!r} (a number >= 0, or None for no clipping)")
         self._backend = _backend.validate_name(backend)
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        #: the total gradient norm of the last step (unscaled), a 0-dim tensor on the device,
+        #: when max_grad_norm is set: for logging without a sync
+        self.last_grad_norm = None
         self._plans = None
         self._plans_key = None
         super().__init__(params, defaults)
@@ -45,8 +63,9 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
         """Create the state tensors of ``param`` (first step with a gradient). Returns fresh flag."""
         raise NotImplementedError
 
-    def _update(self, group, plan):
-        """Run one update of the scanned parameters of ``plan``."""
+    def _update(self, group, plan, extras):
+        """Run one update of the scanned parameters of ``plan``; ``extras`` are its keyword
+        arguments for unscaling, clipping and skipping (see _plan_extras)."""
         raise NotImplementedError
 
     # ----- structure ----------------------------------------------------------------------
@@ -75,11 +94,14 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
     def __getstate__(self):
         state = super().__getstate__()
         state["_backend"] = self._backend
+        state["max_grad_norm"] = self.max_grad_norm
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("_backend", "auto")
+        self.__dict__.setdefault("max_grad_norm", None)
+        self.__dict__.setdefault("last_grad_norm", None)
         self._plans = None
         self._plans_key = None
 
@@ -122,7 +144,10 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
             group_plans = []
             for (device, _), params in by_kind.items():
                 backend = _backend.resolve(self._backend, device)
-                steps = torch.zeros(len(params), dtype=torch.float32) if self._has_steps else None
+                # Step counts sit where the kernels read them: on the device for Triton (as torch's
+                # fused optimizers keep them), on the CPU otherwise (as torch's default ones do).
+                steps_device = device if backend == "triton" else "cpu"
+                steps = torch.zeros(len(params), dtype=torch.float32, device=steps_device) if self._has_steps else None
                 plan = plans.make_plan(backend, params, len(keys), steps, self._display_name)
                 for index, p in enumerate(params):
                     state = self.state.get(p)
@@ -137,7 +162,11 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
         if steps is not None:
             if "step" not in state:
                 raise RuntimeError(f"{self._display_name}: the state of a parameter has no 'step' entry")
-            steps[index] = float(state["step"])
+            step = state["step"]
+            if isinstance(step, torch.Tensor):
+                steps[index].copy_(step.reshape(()))
+            else:
+                steps[index] = float(step)
             state["step"] = steps[index]
         tensors = []
         fresh = False
@@ -192,9 +221,56 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
                 created = True
         if created:
             self._plans_key = self._structure_key()
+        factor, found_inf = self._grad_factor(pending)
         for group, plan, _, _, _ in pending:
-            self._update(group, plan)
+            self._update(group, plan, self._plan_extras(plan, factor, found_inf))
         return loss
+
+    def _grad_factor(self, pending):
+        """(what every gradient is multiplied by, found_inf): 0-dim tensors or None.
+
+        The factor folds AMP's unscale (1 / grad_scale) and clipping: min(max_norm / (norm +
+        1e-6), 1) with the norm of the unscaled gradients, computed in their promoted dtype exactly
+        as torch.nn.utils.clip_grad_norm_ computes it.
+        """
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if self.max_grad_norm is None:
+            if grad_scale is None:
+                return None, found_inf
+            return grad_scale.double().reciprocal(), found_inf
+        plans_ = [plan for _, plan, _, _, _ in pending]
+        dtype = clip_reference.result_dtype([params[0] for _, _, params, _, _ in pending])
+        device = pending[0][2][0].device
+        partials = [torch.tensor([plan.grad_norm_power_sum(2.0)], dtype=torch.float64) if _is_cpp_plan(plan)
+                    else plan.norm_partials(2.0) for plan in plans_]
+        if all(isinstance(p, plans.TritonPlan) and p.device == device for p in plans_):
+            from ..triton import clip as triton_clip
+
+            scale = grad_scale.to(device, non_blocking=True) if grad_scale is not None else None
+            total, factor = triton_clip.finalize(torch.cat(partials), 2.0, dtype, self.max_grad_norm, scale)
+        else:
+            total = torch.stack([p.to(device, non_blocking=True).sum() for p in partials]).sum().sqrt()
+            if grad_scale is not None:
+                total = total / grad_scale.to(device, torch.float64)
+            total = total.to(dtype)
+            factor = clip_reference.clip_coefficient(self.max_grad_norm, total).double()
+            if grad_scale is not None:
+                factor = factor / grad_scale.to(device, torch.float64)
+        self.last_grad_norm = total
+        return factor, found_inf
+
+    @staticmethod
+    def _plan_extras(plan, factor, found_inf):
+        if _is_cpp_plan(plan):
+            # The C++ plan runs CPU tensors: the scaler's tensors are read on the host.
+            return dict(grad_factor=1.0 if factor is None else float(factor),
+                        skip=found_inf is not None and float(found_inf) != 0.0)
+        device = plan.device
+        return dict(
+            grad_factor=None if factor is None else factor.to(device, non_blocking=True),
+            found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
+        )
 
     def _scan_all(self):
         for _ in range(2):
@@ -212,6 +288,10 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
                 return pending
             self._plans = None
         raise RuntimeError(f"{self._display_name}: parameters keep changing dtype or device during the step")
+
+
+def _is_cpp_plan(plan):
+    return not isinstance(plan, (plans.ListPlan, plans.TritonPlan))
 
 
 def scalar(value):

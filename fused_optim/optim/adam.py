@@ -17,6 +17,12 @@ _STATE_NOTE = """
     ``"auto"``), ``"auto"`` (Triton for CUDA tensors, C++ for CPU tensors, else the reference),
     ``"reference"``, ``"cpp"`` or ``"triton"``. ``foreach``, ``fused`` and ``capturable`` choose
     among torch's own implementations; they are accepted, stored in the param groups, and unused.
+
+    ``max_grad_norm`` clips inside the step: the result equals
+    ``clip_grad_norm_(params, max_grad_norm)`` followed by ``step()``, but the gradients are read
+    once for the norm and once for the update and are left unclipped. The norm is kept, as a device
+    tensor, in ``last_grad_norm``. Under ``torch.amp.GradScaler`` the unscale happens inside the
+    update too, and a step with inf/NaN gradients is skipped on the device.
 """
 
 
@@ -51,12 +57,12 @@ class Adam(MultiTensorOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False, backend=None):
+                 decoupled_weight_decay=False, backend=None, max_grad_norm=None):
         _check_adam_args(lr, betas, eps, weight_decay)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
                         fused=fused, decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, max_grad_norm)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -77,11 +83,11 @@ class Adam(MultiTensorOptimizer):
             state[key] = torch.zeros_like(param, dtype=state_dtype(param.dtype), memory_format=torch.preserve_format)
         return False
 
-    def _update(self, group, plan):
+    def _update(self, group, plan, extras):
         beta1, beta2 = group["betas"]
         plan.adam(
             scalar(group["lr"]), scalar(beta1), scalar(beta2), scalar(group["eps"]), scalar(group["weight_decay"]),
-            bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]),
+            bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]), **extras,
         )
 
 
@@ -96,10 +102,11 @@ class AdamW(Adam):
     _display_name = "AdamW"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None, backend=None):
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None, backend=None,
+                 max_grad_norm=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, backend=backend)
+                         decoupled_weight_decay=True, backend=backend, max_grad_norm=max_grad_norm)
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -16,13 +16,17 @@ class SGD(MultiTensorOptimizer):
     ``backend``: None (``$FUSED_OPTIM_BACKEND`` if set, else ``"auto"``), ``"auto"``,
     ``"reference"``, ``"cpp"`` or ``"triton"``. ``foreach`` and ``fused`` are accepted, stored and
     unused. Sparse gradients are not supported (a RuntimeError).
+
+    ``max_grad_norm`` clips inside the step, as ``clip_grad_norm_`` then ``step()`` would, leaving
+    the gradients unclipped; ``last_grad_norm`` holds the norm. GradScaler's unscale and inf/NaN
+    skip happen inside the update (see fused_optim.optim._base).
     """
 
     _display_name = "SGD"
     _has_steps = False
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *, maximize=False,
-                 foreach=None, differentiable=False, fused=None, backend=None):
+                 foreach=None, differentiable=False, fused=None, backend=None, max_grad_norm=None):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if lr < 0.0:
@@ -35,7 +39,7 @@ class SGD(MultiTensorOptimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
                         maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, max_grad_norm)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -57,8 +61,8 @@ class SGD(MultiTensorOptimizer):
             state[key] = torch.empty_like(param, dtype=state_dtype(param.dtype), memory_format=torch.preserve_format)
         return True
 
-    def _update(self, group, plan):
+    def _update(self, group, plan, extras):
         plan.sgd(
             scalar(group["lr"]), scalar(group["momentum"]), scalar(group["dampening"]), scalar(group["weight_decay"]),
-            bool(group["nesterov"]), bool(group["maximize"]),
+            bool(group["nesterov"]), bool(group["maximize"]), **extras,
         )

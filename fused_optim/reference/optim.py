@@ -29,12 +29,21 @@ def _lerp(start, end, weight):
     return end - (end - start) * (1 - weight)
 
 
+def _scaled(grad, compute, grad_factor):
+    """The gradient in the compute dtype, multiplied first by ``grad_factor`` (unscale and clip)."""
+    g = _real(grad).to(compute)
+    if grad_factor is None:
+        return g
+    return g * (grad_factor.to(device=g.device, dtype=compute) if isinstance(grad_factor, torch.Tensor) else grad_factor)
+
+
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, lr, beta1, beta2, eps, weight_decay,
-         amsgrad, maximize, decoupled_weight_decay):
-    """Update ``param`` and its state in place. ``step`` is this update's number (1 on the first)."""
+         amsgrad, maximize, decoupled_weight_decay, grad_factor=None):
+    """Update ``param`` and its state in place. ``step`` is this update's number (1 on the first).
+    ``grad_factor``: what the gradient is multiplied by first (unscaling and clipping), or None."""
     compute = compute_dtype(param.dtype)
     p = _real(param).to(compute)
-    g = _real(grad).to(compute)
+    g = _scaled(grad, compute, grad_factor)
     m = _real(exp_avg)
     v = _real(exp_avg_sq)
     if maximize:
@@ -57,11 +66,12 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, lr, beta1, b
     _real(param).copy_(p)
 
 
-def sgd(param, grad, momentum_buffer, *, lr, momentum, dampening, weight_decay, nesterov, maximize, first):
+def sgd(param, grad, momentum_buffer, *, lr, momentum, dampening, weight_decay, nesterov, maximize, first,
+        grad_factor=None):
     """Update ``param`` and its momentum buffer in place; ``first``: the buffer holds nothing yet."""
     compute = compute_dtype(param.dtype)
     p = _real(param).to(compute)
-    g = _real(grad).to(compute)
+    g = _scaled(grad, compute, grad_factor)
     if maximize:
         g = -g
     if weight_decay != 0:

@@ -4,6 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
+
 TL_DTYPES = {
     torch.float32: tl.float32,
     torch.float64: tl.float64,
@@ -58,6 +59,13 @@ def power(base, exponent):
     return result
 
 
+def upload(table, device):
+    """A host tensor on ``device``: an asynchronous copy from pinned memory, never a host sync."""
+    if device.type != "cuda":
+        return table
+    return table.pin_memory().to(device, non_blocking=True)
+
+
 def float64_bits(values):
     """Float64 values as int64 words, to travel in an int64 table."""
     return torch.tensor(values, dtype=torch.float64).view(torch.int64)
@@ -78,41 +86,8 @@ class ChunkTable:
         table = self._cache.get(key)
         if table is None:
             pairs = [(t, start) for t, n in enumerate(numels) for start in range(0, n, self.chunk)]
-            table = torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2).to(device)
+            table = upload(torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2), torch.device(device))
             if len(self._cache) > 64:
                 self._cache.clear()
             self._cache[key] = table
         return table
-
-
-def flat_views(tensors, written):
-    """Each tensor as a flat array in its own memory order, plus copies to write back.
-
-    Tensors sharing one dense layout are used in place; anything else is stepped on contiguous
-    copies, written back by ``write_back``.
-    """
-    first = tensors[0]
-    same = all(t.is_contiguous() for t in tensors) or (
-        first.is_non_overlapping_and_dense() and all(t.stride() == first.stride() for t in tensors)
-    )
-    if same:
-        return list(tensors), []
-    flat, pending = [], []
-    for t, is_written in zip(tensors, written):
-        if t.is_contiguous():
-            flat.append(t)
-        else:
-            copy = t.contiguous()
-            flat.append(copy)
-            if is_written:
-                pending.append((t, copy))
-    return flat, pending
-
-
-def write_back(pending):
-    for destination, copy in pending:
-        destination.copy_(copy)
-
-
-def real(t):
-    return torch.view_as_real(t) if t.is_complex() else t

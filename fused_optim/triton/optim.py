@@ -1,12 +1,18 @@
 """Multi-tensor Adam/AdamW and SGD: every tensor of a (param group, device, dtype) in one launch.
 
 The launcher packs one int64 table per step: a header of hyperparameters (float64 bits, so the
-bias corrections see the exact float64 betas) and one row per tensor: pointers to the
-parameter, gradient and state, the element count, and the step (Adam) or first-step flag (SGD).
-A cached table of (tensor, start) chunks gives each program CHUNK elements of one tensor. Bias
-corrections are computed in the kernel, in float64, from each tensor's own step, so tensors at
-different steps share the launch; the element math runs in float32 (float64 for float64
-parameters) and rounds once at the store.
+bias corrections see the exact float64 betas) and the plan's rows, one per tensor: pointers to the
+parameter, gradient and state, the element count, and the address of the tensor's float32 counter
+(its step count for Adam, its first-step flag for SGD).
+A cached table of (tensor, start) chunks gives each program CHUNK elements of one tensor. Step
+counts live on the device, one float32 per tensor as in torch's fused optimizers; bias corrections
+are computed in the kernel, in float64, from each tensor's own step, so tensors at different steps
+share the launch. The element math runs in float32 (float64 for float64 parameters) and rounds once
+at the store.
+
+Gradient unscaling and clipping come in as one factor read from device memory (``grad_factor``),
+and a step whose gradients held inf/NaN under AMP is skipped on the device (``found_inf``): no
+host sync either way.
 """
 
 import math
@@ -15,11 +21,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (TL_DTYPES, ChunkTable, div_rn, flat_views, float64_bits, power, real, sqrt_rn, to_storage,
-                     write_back)
+from .common import TL_DTYPES, ChunkTable, div_rn, float64_bits, power, sqrt_rn, to_storage, upload
 
 BLOCK = 1024
 CHUNK = 4 * BLOCK
+# The table: HEADER float64 words, then ROW int64 words per tensor (the kernels index it with these
+# numbers: row t starts at table + 8 + 8 * t).
 HEADER = 8
 ROW = 8
 
@@ -32,9 +39,28 @@ def _header(table, index):
 
 
 @triton.jit
-def multi_tensor_adam_kernel(table, chunks, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
-                             AMSGRAD: tl.constexpr, L2: tl.constexpr, LERP_FROM_START: tl.constexpr,
-                             BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _grad_factor(factor_ptr, C: tl.constexpr, HAS_FACTOR: tl.constexpr):
+    """What each gradient is multiplied by first: unscaling and clipping (float64 on the device)."""
+    if HAS_FACTOR:
+        return tl.load(factor_ptr).to(C)
+    else:
+        return tl.full([], 1.0, C)
+
+
+@triton.jit
+def _chunk_end(start, CHUNK: tl.constexpr, n, found_inf_ptr, HAS_FOUND_INF: tl.constexpr):
+    """The end of the elements this program updates: none at all when AMP found inf/NaN."""
+    end = n
+    if HAS_FOUND_INF:
+        end = tl.where(tl.load(found_inf_ptr) != 0, start, n)
+    return end
+
+
+@triton.jit
+def multi_tensor_adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.constexpr,
+                             C: tl.constexpr, AMSGRAD: tl.constexpr, L2: tl.constexpr, LERP_FROM_START: tl.constexpr,
+                             HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr,
+                             CHUNK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     t = tl.load(chunks + 2 * pid)
     start = tl.load(chunks + 2 * pid + 1)
@@ -47,7 +73,8 @@ def multi_tensor_adam_kernel(table, chunks, P: tl.constexpr, S: tl.constexpr, C:
     m_ptr = tl.load(row + 2).to(tl.pointer_type(S))
     v_ptr = tl.load(row + 3).to(tl.pointer_type(S))
     n = tl.load(row + 5)
-    step = tl.load(row + 6).to(tl.float64, bitcast=True).to(tl.int64)
+    # the step count before this update; the launcher advances it afterwards
+    step = tl.load(tl.load(row + 6).to(tl.pointer_type(tl.float32))).to(tl.int64) + 1
 
     neg_step_size = (-(lr / (1.0 - power(beta1, step)))).to(C)
     bias_correction2_sqrt = sqrt_rn(1.0 - power(beta2, step)).to(C)
@@ -59,12 +86,14 @@ def multi_tensor_adam_kernel(table, chunks, P: tl.constexpr, S: tl.constexpr, C:
     l2 = _header(table, 4).to(C)
     decay = _header(table, 5).to(C)
     sign = _header(table, 6).to(C)
+    factor = _grad_factor(factor_ptr, C, HAS_FACTOR)
+    end = _chunk_end(start, CHUNK, n, found_inf_ptr, HAS_FOUND_INF)
 
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
-        mask = offs < n
+        mask = offs < end
         param = tl.load(p_ptr + offs, mask=mask, other=0.0).to(C)
-        grad = sign * tl.load(g_ptr + offs, mask=mask, other=0.0).to(C)
+        grad = sign * (tl.load(g_ptr + offs, mask=mask, other=0.0).to(C) * factor)
         if L2:
             grad = grad + l2 * param
         param = param * decay
@@ -89,9 +118,10 @@ def multi_tensor_adam_kernel(table, chunks, P: tl.constexpr, S: tl.constexpr, C:
 
 
 @triton.jit
-def multi_tensor_sgd_kernel(table, chunks, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
-                            MOMENTUM: tl.constexpr, L2: tl.constexpr, NESTEROV: tl.constexpr,
-                            BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def multi_tensor_sgd_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.constexpr,
+                            C: tl.constexpr, MOMENTUM: tl.constexpr, L2: tl.constexpr, NESTEROV: tl.constexpr,
+                            HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr,
+                            CHUNK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     t = tl.load(chunks + 2 * pid)
     start = tl.load(chunks + 2 * pid + 1)
@@ -104,17 +134,19 @@ def multi_tensor_sgd_kernel(table, chunks, P: tl.constexpr, S: tl.constexpr, C: 
     p_ptr = tl.load(row).to(tl.pointer_type(P))
     g_ptr = tl.load(row + 1).to(tl.pointer_type(P))
     n = tl.load(row + 5)
+    factor = _grad_factor(factor_ptr, C, HAS_FACTOR)
+    end = _chunk_end(start, CHUNK, n, found_inf_ptr, HAS_FOUND_INF)
 
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
-        mask = offs < n
+        mask = offs < end
         param = tl.load(p_ptr + offs, mask=mask, other=0.0).to(C)
-        grad = sign * tl.load(g_ptr + offs, mask=mask, other=0.0).to(C)
+        grad = sign * (tl.load(g_ptr + offs, mask=mask, other=0.0).to(C) * factor)
         if L2:
             grad = grad + weight_decay * param
         if MOMENTUM:
             buf_ptr = tl.load(row + 2).to(tl.pointer_type(S))
-            first = tl.load(row + 6) != 0
+            first = tl.load(tl.load(row + 6).to(tl.pointer_type(tl.float32))) != 0
             # On a first step the buffer holds nothing yet: it is not read, only written.
             old = tl.load(buf_ptr + offs, mask=mask & (not first), other=0.0).to(C)
             buf = tl.where(first, grad, old * momentum + one_minus_dampening * grad)
@@ -126,63 +158,66 @@ def multi_tensor_sgd_kernel(table, chunks, P: tl.constexpr, S: tl.constexpr, C: 
         tl.store(p_ptr + offs, to_storage(param + neg_lr * grad, P), mask=mask)
 
 
-def _upload(table, device):
-    """The table on ``device``: an asynchronous copy from pinned memory, never a host sync."""
-    if device.type != "cuda":
-        return table
-    return table.pin_memory().to(device, non_blocking=True)
+@triton.jit
+def advance_counters_kernel(table, found_inf_ptr, ADD: tl.constexpr, HAS_FOUND_INF: tl.constexpr):
+    """After an update: each row's counter += 1 (ADD, step counts) or = 0 (first-step flags),
+    unless AMP found inf/NaN. A launch of its own, as the update's programs all read the counters."""
+    row = table + 8 + 8 * tl.program_id(0).to(tl.int64)
+    counter = tl.load(row + 6).to(tl.pointer_type(tl.float32))
+    taken = True
+    if HAS_FOUND_INF:
+        taken = tl.load(found_inf_ptr) == 0
+    if taken:
+        if ADD:
+            tl.store(counter, tl.load(counter) + 1.0)
+        else:
+            tl.store(counter, 0.0)
 
 
-def _build_table(header, params, grads, states, last_column):
-    """The int64 launch table, the element counts, and copies of odd layouts to write back."""
-    rows = []
-    numels = []
-    pending = []
-    for p, g, state in zip(params, grads, states):
-        tensors = [real(p), real(g)] + [real(s) for s in state]
-        flat, copies = flat_views(tensors, [True, False] + [True] * len(state))
-        pending.extend(copies)
-        pointers = [t.data_ptr() for t in flat]
-        pointers += [0] * (5 - len(pointers))
-        numel = flat[0].numel()
-        rows.append(pointers + [numel, 0, 0])
-        numels.append(numel)
+def launch_table(header, rows, device):
+    """The int64 launch table on ``device``: the header (float64 bits), then the plan's rows."""
     header = float64_bits(list(header) + [0.0] * (HEADER - len(header)))
-    body = torch.tensor(rows, dtype=torch.int64).reshape(-1, ROW)
-    body[:, 6] = last_column
-    return torch.cat([header, body.reshape(-1)]), numels, pending
+    return upload(torch.cat([header, rows.reshape(-1)]), device)
 
 
-def _launch(kernel, header, params, grads, states, last_column, **constants):
-    if not params:
+def chunks_for(rows, device, chunk_table=None):
+    """The cached (tensor, start) chunk table for the rows' element counts."""
+    return (chunk_table or _chunks).get(rows[:, 5].tolist(), device)
+
+
+def _launch(kernel, header, rows, param_dtype, device, grad_factor, found_inf, advance, **constants):
+    if rows.shape[0] == 0:
         return
-    device = params[0].device
-    table, numels, pending = _build_table(header, params, grads, states, last_column)
-    chunks = _chunks.get(numels, device)
+    table = launch_table(header, rows, device)
+    chunks = chunks_for(rows, device)
+    state_dtype = torch.float32 if param_dtype in (torch.float16, torch.bfloat16) else param_dtype
     if chunks.shape[0] > 0:
-        param_dtype = real(params[0]).dtype
-        state_dtype = torch.float32 if param_dtype in (torch.float16, torch.bfloat16) else param_dtype
-        compute = tl.float64 if param_dtype == torch.float64 else tl.float32
         kernel[(chunks.shape[0],)](
-            _upload(table, device), chunks, P=TL_DTYPES[param_dtype], S=TL_DTYPES[state_dtype], C=compute,
-            BLOCK=BLOCK, CHUNK=CHUNK, **constants,
+            table, chunks, grad_factor if grad_factor is not None else table,
+            found_inf if found_inf is not None else table, P=TL_DTYPES[param_dtype], S=TL_DTYPES[state_dtype],
+            C=tl.float64 if param_dtype == torch.float64 else tl.float32, HAS_FACTOR=grad_factor is not None,
+            HAS_FOUND_INF=found_inf is not None, BLOCK=BLOCK, CHUNK=CHUNK, **constants,
         )
-    write_back(pending)
+    if advance is not None:
+        advance_counters_kernel[(rows.shape[0],)](table, found_inf if found_inf is not None else table, ADD=advance,
+                                                  HAS_FOUND_INF=found_inf is not None)
 
 
-def multi_tensor_adam(params, grads, states, steps, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-                      decoupled_weight_decay):
-    """Adam/AdamW on lists of tensors of one device and dtype; ``steps``: each tensor's step, already advanced."""
+def multi_tensor_adam(rows, param_dtype, device, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                      decoupled_weight_decay, grad_factor=None, found_inf=None):
+    """Adam/AdamW over a plan's launch rows (counters: step counts, advanced after the update).
+    ``grad_factor`` (float64) and ``found_inf``: 0-dim device tensors or None."""
     decay = weight_decay != 0
     header = [lr, beta1, beta2, eps, weight_decay if decay and not decoupled_weight_decay else 0.0,
               1.0 - lr * weight_decay if decay and decoupled_weight_decay else 1.0, -1.0 if maximize else 1.0]
-    step_bits = steps.to(torch.float64).view(torch.int64)
-    _launch(multi_tensor_adam_kernel, header, params, grads, states, step_bits, AMSGRAD=bool(amsgrad),
-            L2=decay and not decoupled_weight_decay, LERP_FROM_START=math.fabs(1.0 - beta1) < 0.5)
+    _launch(multi_tensor_adam_kernel, header, rows, param_dtype, device, grad_factor, found_inf, True,
+            AMSGRAD=bool(amsgrad), L2=decay and not decoupled_weight_decay,
+            LERP_FROM_START=math.fabs(1.0 - beta1) < 0.5)
 
 
-def multi_tensor_sgd(params, grads, states, first, *, lr, momentum, dampening, weight_decay, nesterov, maximize):
-    """SGD on lists of tensors of one device and dtype; ``first[i]``: tensor i's buffer holds nothing yet."""
+def multi_tensor_sgd(rows, param_dtype, device, *, lr, momentum, dampening, weight_decay, nesterov, maximize,
+                     grad_factor=None, found_inf=None):
+    """SGD over a plan's launch rows (counters: first-step flags, cleared after the update)."""
     header = [lr, momentum, dampening, weight_decay, -1.0 if maximize else 1.0]
-    _launch(multi_tensor_sgd_kernel, header, params, grads, states, torch.tensor(first, dtype=torch.int64),
-            MOMENTUM=momentum != 0, L2=weight_decay != 0, NESTEROV=bool(nesterov))
+    _launch(multi_tensor_sgd_kernel, header, rows, param_dtype, device, grad_factor, found_inf,
+            False if momentum != 0 else None, MOMENTUM=momentum != 0, L2=weight_decay != 0, NESTEROV=bool(nesterov))

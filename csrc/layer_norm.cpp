@@ -1,0 +1,324 @@
+// LayerNorm over the rows of a contiguous (M, N) tensor, forward and backward, parallel over rows.
+//
+// Forward reads a row from memory once (the moments' second pass and the normalization hit the
+// cache) and writes it once. Backward reads x and dy once per row and writes dx; the weight and
+// bias gradients are summed per piece of rows (a few pieces per thread), in float blocks of rows
+// flushed into double partials, and the pieces' partials are added at the end, in piece order.
+#include <torch/extension.h>
+
+#include <cmath>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "dtypes.h"
+#include "norm_common.h"
+#include "registry.h"
+#include "simd.h"
+
+namespace fused_optim {
+namespace {
+
+template <typename T>
+struct ForwardArgs {
+  using C = compute_t<T>;
+  const T* x;
+  T* y;
+  const C* weight;  // null without weight
+  const C* bias;    // null without bias
+  C* mean;
+  C* rstd;
+  int64_t n;
+  C eps;
+};
+
+template <typename T>
+struct BackwardArgs {
+  using C = compute_t<T>;
+  const T* dy;
+  const T* x;
+  const C* weight;  // null without weight
+  const C* mean;
+  const C* rstd;
+  T* dx;  // null when dx is not wanted
+  int64_t n;
+};
+
+template <typename T, bool HAS_WEIGHT, bool HAS_BIAS>
+FUSED_OPTIM_INLINE void forward_rows_body(const ForwardArgs<T>& a, int64_t begin, int64_t end) {
+  using C = compute_t<T>;
+  const int64_t n = a.n;
+  const C* __restrict weight = a.weight;
+  const C* __restrict bias = a.bias;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* __restrict x = a.x + r * n;
+    T* __restrict y = a.y + r * n;
+    Moments<C> moments;
+    span_moments(x, n, moments);
+    const C mean = moments.mean;
+    const C rstd = C(1) / std::sqrt(moments.m2 / C(n) + a.eps);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      C v = (load(x[i]) - mean) * rstd;
+      if (HAS_WEIGHT) {
+        v = v * weight[i];
+      }
+      if (HAS_BIAS) {
+        v = v + bias[i];
+      }
+      y[i] = store_as<T>(v);
+    }
+    a.mean[r] = mean;
+    a.rstd[r] = rstd;
+  }
+}
+
+template <typename T>
+FUSED_OPTIM_INLINE void forward_rows_any(const ForwardArgs<T>& a, int64_t begin, int64_t end) {
+  if (a.weight != nullptr) {
+    a.bias != nullptr ? forward_rows_body<T, true, true>(a, begin, end)
+                      : forward_rows_body<T, true, false>(a, begin, end);
+  } else {
+    a.bias != nullptr ? forward_rows_body<T, false, true>(a, begin, end)
+                      : forward_rows_body<T, false, false>(a, begin, end);
+  }
+}
+
+// Rows per block of weight/bias gradient partials summed in the compute type before they are
+// added into the thread's double partials: short float sums, exact-enough totals over many rows.
+constexpr int64_t kGradRowBlock = 32;
+
+// dx of rows [begin, end) and, when block_dw is not null, their dweight/dbias added into
+// thread_dw/thread_db (double, n each) through block_dw/block_db (compute type, n each).
+template <typename T, bool HAS_WEIGHT, bool NEED_DX, bool NEED_DWB>
+FUSED_OPTIM_INLINE void backward_rows_body(const BackwardArgs<T>& a, int64_t begin, int64_t end,
+                                           compute_t<T>* __restrict block_dw, compute_t<T>* __restrict block_db,
+                                           double* __restrict thread_dw, double* __restrict thread_db) {
+  using C = compute_t<T>;
+  const int64_t n = a.n;
+  const C* __restrict weight = a.weight;
+  const C inv_n = C(1) / C(n);
+  for (int64_t block = begin; block < end; block += kGradRowBlock) {
+    const int64_t block_end = std::min(end, block + kGradRowBlock);
+    if (NEED_DWB) {
+      std::fill(block_dw, block_dw + n, C(0));
+      std::fill(block_db, block_db + n, C(0));
+    }
+    for (int64_t r = block; r < block_end; ++r) {
+      const T* __restrict x = a.x + r * n;
+      const T* __restrict dy = a.dy + r * n;
+      const C mean = a.mean[r];
+      const C rstd = a.rstd[r];
+      if (NEED_DX) {
+        // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * weight.
+        C sum_g = 0;
+        C sum_g_xhat = 0;
+#pragma omp simd reduction(+ : sum_g, sum_g_xhat)
+        for (int64_t i = 0; i < n; ++i) {
+          const C xhat = (load(x[i]) - mean) * rstd;
+          const C g = HAS_WEIGHT ? load(dy[i]) * weight[i] : load(dy[i]);
+          sum_g += g;
+          sum_g_xhat += g * xhat;
+        }
+        const C mean_g = sum_g * inv_n;
+        const C mean_g_xhat = sum_g_xhat * inv_n;
+        T* __restrict dx = a.dx + r * n;
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          const C d = load(dy[i]);
+          const C xhat = (load(x[i]) - mean) * rstd;
+          const C g = HAS_WEIGHT ? d * weight[i] : d;
+          dx[i] = store_as<T>(rstd * (g - mean_g - xhat * mean_g_xhat));
+          if (NEED_DWB) {
+            block_dw[i] += d * xhat;
+            block_db[i] += d;
+          }
+        }
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          const C d = load(dy[i]);
+          block_dw[i] += d * ((load(x[i]) - mean) * rstd);
+          block_db[i] += d;
+        }
+      }
+    }
+    if (NEED_DWB) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        thread_dw[i] += double(block_dw[i]);
+        thread_db[i] += double(block_db[i]);
+      }
+    }
+  }
+}
+
+template <typename T>
+FUSED_OPTIM_INLINE void backward_rows_any(const BackwardArgs<T>& a, int64_t begin, int64_t end, compute_t<T>* block_dw,
+                                          compute_t<T>* block_db, double* thread_dw, double* thread_db) {
+  const bool need_dwb = block_dw != nullptr;
+  if (a.dx == nullptr) {
+    backward_rows_body<T, false, false, true>(a, begin, end, block_dw, block_db, thread_dw, thread_db);
+  } else if (a.weight != nullptr) {
+    need_dwb ? backward_rows_body<T, true, true, true>(a, begin, end, block_dw, block_db, thread_dw, thread_db)
+             : backward_rows_body<T, true, true, false>(a, begin, end, block_dw, block_db, thread_dw, thread_db);
+  } else {
+    need_dwb ? backward_rows_body<T, false, true, true>(a, begin, end, block_dw, block_db, thread_dw, thread_db)
+             : backward_rows_body<T, false, true, false>(a, begin, end, block_dw, block_db, thread_dw, thread_db);
+  }
+}
+
+// One SIMD-cloned entry point per dtype and direction; the bodies are inlined into each clone.
+#define FUSED_OPTIM_LAYER_NORM_DTYPE(SUFFIX, T)                                                                    \
+  FUSED_OPTIM_SIMD_CLONES void layer_norm_forward_rows_##SUFFIX(const ForwardArgs<T>& a, int64_t begin,           \
+                                                                int64_t end) {                                    \
+    forward_rows_any(a, begin, end);                                                                               \
+  }                                                                                                                \
+  FUSED_OPTIM_SIMD_CLONES void layer_norm_backward_rows_##SUFFIX(                                                 \
+      const BackwardArgs<T>& a, int64_t begin, int64_t end, compute_t<T>* block_dw, compute_t<T>* block_db,       \
+      double* thread_dw, double* thread_db) {                                                                      \
+    backward_rows_any(a, begin, end, block_dw, block_db, thread_dw, thread_db);                                    \
+  }                                                                                                                \
+  void forward_rows(const ForwardArgs<T>& a, int64_t begin, int64_t end) {                                         \
+    layer_norm_forward_rows_##SUFFIX(a, begin, end);                                                               \
+  }                                                                                                                \
+  void backward_rows(const BackwardArgs<T>& a, int64_t begin, int64_t end, compute_t<T>* block_dw,                \
+                     compute_t<T>* block_db, double* thread_dw, double* thread_db) {                               \
+    layer_norm_backward_rows_##SUFFIX(a, begin, end, block_dw, block_db, thread_dw, thread_db);                    \
+  }
+
+FUSED_OPTIM_LAYER_NORM_DTYPE(f32, float)
+FUSED_OPTIM_LAYER_NORM_DTYPE(f64, double)
+FUSED_OPTIM_LAYER_NORM_DTYPE(bf16, bf16_bits)
+FUSED_OPTIM_LAYER_NORM_DTYPE(f16, half_t)
+
+c10::ScalarType compute_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "layer_norm: ", name, " must be a CPU tensor");
+  TORCH_CHECK(t.dim() == 2 && t.is_contiguous(), "layer_norm: ", name, " must be a contiguous (M, N) tensor");
+}
+
+void check_vector(const std::optional<at::Tensor>& t, const char* name, int64_t n, c10::ScalarType dtype) {
+  if (!t.has_value()) {
+    return;
+  }
+  TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->dim() == 1 && t->numel() == n &&
+                  t->scalar_type() == dtype,
+              "layer_norm: ", name, " must be a contiguous CPU ", dtype, " tensor of ", n, " elements");
+}
+
+template <typename P>
+P* data_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? static_cast<P*>(t->data_ptr()) : nullptr;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(const at::Tensor& x,
+                                                                  const std::optional<at::Tensor>& weight,
+                                                                  const std::optional<at::Tensor>& bias, double eps) {
+  check_rows(x, "x");
+  const int64_t m = x.size(0);
+  const int64_t n = x.size(1);
+  const c10::ScalarType compute = compute_dtype(x);
+  check_vector(weight, "weight", n, compute);
+  check_vector(bias, "bias", n, compute);
+  at::Tensor y = empty_output(x);
+  at::Tensor mean = at::empty({m}, x.options().dtype(compute));
+  at::Tensor rstd = at::empty({m}, x.options().dtype(compute));
+  if (n == 0) {
+    return {y, mean.fill_(NAN), rstd.fill_(NAN)};
+  }
+  pybind11::gil_scoped_release no_gil;
+  dispatch_storage(x.scalar_type(), "layer_norm_forward", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    using C = compute_t<T>;
+    const ForwardArgs<T> args{static_cast<const T*>(x.data_ptr()), static_cast<T*>(y.data_ptr()),
+                              data_or_null<const C>(weight), data_or_null<const C>(bias),
+                              static_cast<C*>(mean.data_ptr()), static_cast<C*>(rstd.data_ptr()), n, C(eps)};
+    parallel_pieces(m, piece_count(m), m * n, [&](int64_t, int64_t begin, int64_t end) {
+      forward_rows(args, begin, end);
+    });
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>> layer_norm_backward(
+    const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& weight, const at::Tensor& mean,
+    const at::Tensor& rstd, bool need_dx, bool need_dweight, bool need_dbias) {
+  check_rows(x, "x");
+  check_rows(dy, "dy");
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
+              "layer_norm_backward: dy must match x in shape and dtype");
+  const int64_t m = x.size(0);
+  const int64_t n = x.size(1);
+  const c10::ScalarType compute = compute_dtype(x);
+  check_vector(weight, "weight", n, compute);
+  check_vector(mean, "mean", m, compute);
+  check_vector(rstd, "rstd", m, compute);
+  const bool need_dwb = need_dweight || need_dbias;
+  std::optional<at::Tensor> dx;
+  if (need_dx) {
+    dx = empty_output(x);
+  }
+  const int64_t pieces = piece_count(m);
+  // Per piece of rows: double partials of dweight and dbias (n each).
+  std::vector<double> piece_sums(need_dwb ? size_t(pieces) * 2 * n : 0, 0.0);
+  {
+    pybind11::gil_scoped_release no_gil;
+    dispatch_storage(x.scalar_type(), "layer_norm_backward", [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      using C = compute_t<T>;
+      const BackwardArgs<T> args{static_cast<const T*>(dy.data_ptr()), static_cast<const T*>(x.data_ptr()),
+                                 data_or_null<const C>(weight), static_cast<const C*>(mean.data_ptr()),
+                                 static_cast<const C*>(rstd.data_ptr()),
+                                 need_dx ? static_cast<T*>(dx->data_ptr()) : nullptr, n};
+      if (!need_dx && !need_dwb) {
+        return;
+      }
+      parallel_pieces(m, pieces, m * n, [&](int64_t piece, int64_t begin, int64_t end) {
+        double* sums = need_dwb ? piece_sums.data() + size_t(piece) * 2 * n : nullptr;
+        if (!need_dwb) {
+          backward_rows(args, begin, end, nullptr, nullptr, nullptr, nullptr);
+          return;
+        }
+        std::vector<C> block(2 * n);
+        backward_rows(args, begin, end, block.data(), block.data() + n, sums, sums + n);
+      });
+    });
+  }
+  std::optional<at::Tensor> dweight, dbias;
+  if (need_dwb) {
+    at::Tensor totals = at::zeros({2, n}, x.options().dtype(at::kDouble));
+    double* t = totals.data_ptr<double>();
+    for (int64_t piece = 0; piece < pieces; ++piece) {
+      const double* partial = piece_sums.data() + size_t(piece) * 2 * n;
+      for (int64_t i = 0; i < 2 * n; ++i) {
+        t[i] += partial[i];
+      }
+    }
+    totals = totals.to(compute);
+    if (need_dweight) {
+      dweight = totals[0];
+    }
+    if (need_dbias) {
+      dbias = totals[1];
+    }
+  }
+  return {dx, dweight, dbias};
+}
+
+void register_bindings(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("layer_norm_forward", &layer_norm_forward, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
+        "LayerNorm of the rows of a contiguous (M, N) tensor: (y, mean, rstd)");
+  m.def("layer_norm_backward", &layer_norm_backward, py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("mean"),
+        py::arg("rstd"), py::arg("need_dx"), py::arg("need_dweight"), py::arg("need_dbias"),
+        "Gradients (dx, dweight, dbias) of layer_norm_forward; None where not needed");
+}
+
+const RegisterBindings registered(register_bindings);
+
+}  // namespace
+}  // namespace fused_optim

@@ -1,0 +1,218 @@
+"""Gradient norm and clipping kernels: one multi-tensor reduction into a fixed buffer of per-chunk
+partials, one single-program finalize (total norm and clip factor, never leaving the device),
+and one multi-tensor scale. No atomics: the same gradients give the same bits every time.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .._layout import flat_views, real, write_back
+from .common import TL_DTYPES, ChunkTable, div_rn, to_storage, upload
+
+BLOCK = 1024
+CHUNK = 8 * BLOCK
+FINALIZE_BLOCK = 1024
+ROW = 2
+
+# Norm kinds (a constexpr of the kernels)
+L1, L2, LINF, LP = 1, 2, 3, 4
+
+_chunks = ChunkTable(CHUNK)
+
+
+def norm_kind(norm_type):
+    return {1.0: L1, 2.0: L2, float("inf"): LINF}.get(float(norm_type), LP)
+
+
+@triton.jit
+def _max_keep_nan(values):
+    has_nan = tl.max((values != values).to(tl.int32), axis=0) > 0
+    return tl.where(has_nan, float("nan"), tl.max(values, axis=0))
+
+
+@triton.jit
+def _program_chunk(table, chunks, P: tl.constexpr, ROW: tl.constexpr, PTR: tl.constexpr, NUMEL: tl.constexpr):
+    """(pointer to the tensor, first element, element count) of this program's chunk. The table
+    has ROW int64 words per tensor, the data address at word PTR and the element count at NUMEL."""
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(chunks + 2 * pid)
+    x_ptr = tl.load(table + ROW * t + PTR).to(tl.pointer_type(P))
+    return x_ptr, tl.load(chunks + 2 * pid + 1), tl.load(table + ROW * t + NUMEL)
+
+
+@triton.jit
+def norm_partials_kernel(table, chunks, partials, p, P: tl.constexpr, ACC: tl.constexpr, KIND: tl.constexpr,
+                         ROW: tl.constexpr, PTR: tl.constexpr, NUMEL: tl.constexpr, BLOCK: tl.constexpr,
+                         CHUNK: tl.constexpr):
+    """partials[pid] = sum |x|^p (max |x| for inf) over the chunk of program pid."""
+    x_ptr, start, n = _program_chunk(table, chunks, P, ROW, PTR, NUMEL)
+    pid = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros([BLOCK], dtype=ACC)
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        a = tl.abs(tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(ACC))
+        if KIND == 1:
+            acc += a
+        elif KIND == 2:
+            acc += a * a
+        elif KIND == 3:
+            acc = tl.where((a > acc) | (a != a), a, acc)
+        else:
+            acc += tl.where(a > 0, tl.exp2(p * tl.log2(tl.where(a > 0, a, 1.0))), 0.0)
+    if KIND == 3:
+        result = _max_keep_nan(acc)
+    else:
+        result = tl.sum(acc, axis=0)
+    tl.store(partials + pid, result.to(tl.float64))
+
+
+@triton.jit
+def _round(x, DTYPE: tl.constexpr):
+    """x as stored in DTYPE and read back: the rounding torch's 0-dim tensor arithmetic does."""
+    return to_storage(x, DTYPE).to(x.dtype)
+
+
+@triton.jit
+def norm_finalize_kernel(partials, n, total_out, factor_out, scale_ptr, scalars, KIND: tl.constexpr,
+                         OUT: tl.constexpr, C: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_MAX: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """total_out = the norm (divided by the scale when the gradients carry one), rounded to OUT;
+    factor_out = min(max_norm / (total + 1e-6), 1) computed as torch computes it on a 0-dim OUT
+    tensor (scalars in C, each result rounded to OUT), then divided by the scale: what the
+    gradients are multiplied by. scalars: float64 [max_norm, p]."""
+    max_norm = tl.load(scalars)
+    p = tl.load(scalars + 1)
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
+    for i in range(0, n, BLOCK):
+        offs = i + tl.arange(0, BLOCK)
+        v = tl.load(partials + offs, mask=offs < n, other=0.0)
+        if KIND == 3:
+            acc = tl.where((v > acc) | (v != v), v, acc)
+        else:
+            acc += v
+    if KIND == 3:
+        s = _max_keep_nan(acc)
+    else:
+        s = tl.sum(acc, axis=0)
+    if KIND == 2:
+        total = tl.sqrt(s)
+    elif KIND == 4:
+        total = tl.where(s > 0, tl.exp2(tl.log2(tl.where(s > 0, s, 1.0)) / p), 0.0)
+    else:
+        total = s
+    scale = 1.0
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr).to(tl.float64)
+        total = total / scale
+    total = _round(total.to(C), OUT)
+    tl.store(total_out, total.to(OUT))
+    if HAS_MAX:
+        denominator = _round(total + tl.full([], 1e-6, C), OUT)
+        coefficient = _round(div_rn(max_norm.to(C), denominator), OUT)
+        coefficient = tl.where(coefficient > 1.0, 1.0, coefficient)
+        tl.store(factor_out, coefficient.to(tl.float64) / scale)
+
+
+@triton.jit
+def scale_kernel(table, chunks, factor_ptr, P: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr,
+                 CHUNK: tl.constexpr):
+    x_ptr, start, n = _program_chunk(table, chunks, P, 2, 0, 1)
+    factor = tl.load(factor_ptr).to(C)
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C)
+        tl.store(x_ptr + offs, to_storage(x * factor, P), mask=mask)
+
+
+@triton.jit
+def clamp_kernel(table, chunks, bounds, P: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    x_ptr, start, n = _program_chunk(table, chunks, P, 2, 0, 1)
+    low = tl.load(bounds).to(C)
+    high = tl.load(bounds + 1).to(C)
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C)
+        x = tl.where(x < low, low, x)
+        x = tl.where(x > high, high, x)
+        tl.store(x_ptr + offs, to_storage(x, P), mask=mask)
+
+
+class TensorList:
+    """Tensors of one device and real dtype as a launch table of (pointer, numel) rows, with
+    contiguous copies of tensors that have gaps (written back by ``finish`` when in place)."""
+
+    def __init__(self, tensors):
+        self.device = tensors[0].device
+        rows, numels, self.copies = [], [], []
+        for t in tensors:
+            (flat,), copies = flat_views([real(t)], [True])
+            self.copies.extend(copies)  # kept alive until finish(), after the launches
+            rows.append((flat.data_ptr(), flat.numel()))
+            numels.append(flat.numel())
+        self.dtype = real(tensors[0]).dtype
+        self.table = upload(torch.tensor(rows, dtype=torch.int64).reshape(-1), self.device)
+        self.chunks = _chunks.get(numels, self.device)
+
+    @property
+    def n_chunks(self):
+        return self.chunks.shape[0]
+
+    def launch(self, kernel, *args, **constants):
+        if self.n_chunks:
+            kernel[(self.n_chunks,)](self.table, self.chunks, *args, P=TL_DTYPES[self.dtype], BLOCK=BLOCK,
+                                     CHUNK=CHUNK, **constants)
+
+    def finish(self):
+        write_back(self.copies)
+
+
+def compute_dtype(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def norm_partials(tensor_list, partials, norm_type):
+    """Fill ``partials`` (float64, one entry per chunk) with the chunks' power sums."""
+    tensor_list.launch(norm_partials_kernel, partials, float(norm_type), ACC=compute_dtype(tensor_list.dtype),
+                       KIND=norm_kind(norm_type), ROW=ROW, PTR=0, NUMEL=1)
+
+
+def optimizer_grad_partials(rows, dtype, device, norm_type):
+    """Power sums, per chunk, of the gradients in an optimizer plan's launch rows (8 int64 words
+    per tensor, the gradient's address at word 1 and the element count at word 5)."""
+    chunks = _chunks.get(rows[:, 5].tolist(), device)
+    partials = torch.zeros(max(chunks.shape[0], 1), dtype=torch.float64, device=device)
+    if chunks.shape[0]:
+        norm_partials_kernel[(chunks.shape[0],)](
+            upload(rows.reshape(-1), device), chunks, partials, float(norm_type), P=TL_DTYPES[dtype],
+            ACC=compute_dtype(dtype), KIND=norm_kind(norm_type), ROW=8, PTR=1, NUMEL=5, BLOCK=BLOCK, CHUNK=CHUNK,
+        )
+    return partials
+
+
+def finalize(partials, norm_type, out_dtype, max_norm=None, grad_scale=None):
+    """(total norm in out_dtype, clip factor in float64 or None) as device tensors, in one launch."""
+    device = partials.device
+    total = torch.empty((), dtype=out_dtype, device=device)
+    factor = torch.empty((), dtype=torch.float64, device=device) if max_norm is not None else total
+    scalars = upload(torch.tensor([max_norm if max_norm is not None else 0.0, norm_type], dtype=torch.float64), device)
+    norm_finalize_kernel[(1,)](
+        partials, partials.numel(), total, factor, grad_scale if grad_scale is not None else total, scalars,
+        KIND=norm_kind(norm_type),
+        OUT=TL_DTYPES[out_dtype], C=compute_dtype(out_dtype), HAS_SCALE=grad_scale is not None,
+        HAS_MAX=max_norm is not None, BLOCK=FINALIZE_BLOCK,
+    )
+    return total, factor if max_norm is not None else None
+
+
+def scale_(tensor_list, factor):
+    tensor_list.launch(scale_kernel, factor, C=compute_dtype(tensor_list.dtype))
+    tensor_list.finish()
+
+
+def clamp_(tensor_list, low, high):
+    bounds = upload(torch.tensor([low, high], dtype=torch.float64), tensor_list.device)
+    tensor_list.launch(clamp_kernel, bounds, C=compute_dtype(tensor_list.dtype))
+    tensor_list.finish()

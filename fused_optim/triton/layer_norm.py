@@ -1,0 +1,257 @@
+"""LayerNorm forward and backward over contiguous rows (M, N).
+
+Forward: a row that fits in MAX_TILE_COLUMNS is held in registers, several short rows per
+program; a longer row is looped over in LOOP_COLUMNS chunks whose moments are merged with Chan's
+formula, then normalized in a second loop. No row is too long, and no column is skipped.
+
+Backward: each of a fixed number of programs takes a contiguous run of rows, writes their dx,
+and sums dy * xhat and dy over its rows into its own row of a float32 partials buffer; a second
+kernel adds the programs' partials column by column. No atomics: results are deterministic.
+
+Statistics and sums are in float32 (float64 for float64 input); results are cast once, at the
+store, bfloat16 rounded to nearest even.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import TL_DTYPES, div_rn, sqrt_rn, to_storage
+
+# The widest row held in registers by one program; wider rows are looped over.
+MAX_TILE_COLUMNS = 8192
+# Columns per iteration of the loop over a wide row.
+LOOP_COLUMNS = 2048
+# Elements per program tile: short rows are grouped up to this many elements per program.
+TILE_ELEMENTS = 4096
+# Programs of the backward's first kernel, per streaming multiprocessor (CUDA) or in all (CPU),
+# and the fewest rows each takes: every program writes 2 * N partial sums, which the second
+# kernel reads back, so a program summing fewer rows would move more memory than it saves.
+BACKWARD_PROGRAMS_PER_SM = 4
+BACKWARD_PROGRAMS_CPU = 4
+BACKWARD_MIN_ROWS = 32
+
+
+@triton.jit(do_not_specialize=["M", "N"])
+def layer_norm_forward_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, M, N, eps,
+                              HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr,
+                              BLOCK: tl.constexpr, SINGLE_TILE: tl.constexpr, C: tl.constexpr, Y: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < M
+    n = N.to(C)
+    one = tl.full([ROWS], 1.0, C)
+    if SINGLE_TILE:
+        cols = tl.arange(0, BLOCK)
+        col_mask = cols < N
+        mask = row_mask[:, None] & col_mask[None, :]
+        offsets = rows[:, None] * N + cols[None, :]
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(C)
+        mean = div_rn(tl.sum(x, axis=1), n + tl.zeros([ROWS], C))
+        centered = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = div_rn(one, sqrt_rn(div_rn(tl.sum(centered * centered, axis=1), n + tl.zeros([ROWS], C)) + eps))
+        y = centered * rstd[:, None]
+        if HAS_WEIGHT:
+            y = y * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(C)[None, :]
+        if HAS_BIAS:
+            y = y + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(C)[None, :]
+        tl.store(y_ptr + offsets, to_storage(y, Y), mask=mask)
+    else:
+        mean = tl.zeros([ROWS], C)
+        m2 = tl.zeros([ROWS], C)
+        for start in range(0, N, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = row_mask[:, None] & (cols < N)[None, :]
+            x = tl.load(x_ptr + rows[:, None] * N + cols[None, :], mask=mask, other=0.0).to(C)
+            seen = start + tl.zeros([ROWS], C)
+            k = tl.minimum(N - start, BLOCK) + tl.zeros([ROWS], C)
+            chunk_mean = div_rn(tl.sum(x, axis=1), k)
+            d = tl.where(mask, x - chunk_mean[:, None], 0.0)
+            # Chan et al.: merge the chunk's mean and M2 into the running ones, no cancellation.
+            total = seen + k
+            delta = chunk_mean - mean
+            mean = mean + delta * div_rn(k, total)
+            m2 = m2 + tl.sum(d * d, axis=1) + delta * delta * div_rn(seen * k, total)
+        rstd = div_rn(one, sqrt_rn(div_rn(m2, n + tl.zeros([ROWS], C)) + eps))
+        for start in range(0, N, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            col_mask = cols < N
+            mask = row_mask[:, None] & col_mask[None, :]
+            offsets = rows[:, None] * N + cols[None, :]
+            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(C)
+            y = (x - mean[:, None]) * rstd[:, None]
+            if HAS_WEIGHT:
+                y = y * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(C)[None, :]
+            if HAS_BIAS:
+                y = y + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(C)[None, :]
+            tl.store(y_ptr + offsets, to_storage(y, Y), mask=mask)
+    tl.store(mean_ptr + rows, mean, mask=row_mask)
+    tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+
+
+@triton.jit(do_not_specialize=["M", "N", "rows_per_program"])
+def layer_norm_backward_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, partial_ptr, M, N, rows_per_program,
+                               HAS_WEIGHT: tl.constexpr, NEED_DX: tl.constexpr, NEED_PARTIALS: tl.constexpr,
+                               ROWS: tl.constexpr, BLOCK: tl.constexpr, SINGLE_TILE: tl.constexpr, C: tl.constexpr,
+                               X: tl.constexpr):
+    """dx of rows [pid * rows_per_program, ...) and, in partial_ptr[pid] (2, N), their sums of dy * xhat and dy."""
+    pid = tl.program_id(0).to(tl.int64)
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    n = N.to(C)
+    dw_partial = partial_ptr + pid * 2 * N
+    db_partial = dw_partial + N
+    if SINGLE_TILE:
+        cols = tl.arange(0, BLOCK)
+        col_mask = cols < N
+        if HAS_WEIGHT:
+            w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(C)
+        dw_sum = tl.zeros([BLOCK], C)
+        db_sum = tl.zeros([BLOCK], C)
+        for first in range(row_start, row_end, ROWS):
+            rows = first + tl.arange(0, ROWS)
+            row_mask = rows < row_end
+            mask = row_mask[:, None] & col_mask[None, :]
+            offsets = rows[:, None] * N + cols[None, :]
+            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(C)
+            dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(C)
+            mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
+            rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+            xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+            if NEED_DX:
+                g = dy
+                if HAS_WEIGHT:
+                    g = dy * w[None, :]
+                mean_g = div_rn(tl.sum(g, axis=1), n + tl.zeros([ROWS], C))
+                mean_g_xhat = div_rn(tl.sum(g * xhat, axis=1), n + tl.zeros([ROWS], C))
+                dx = rstd[:, None] * (g - mean_g[:, None] - xhat * mean_g_xhat[:, None])
+                tl.store(dx_ptr + offsets, to_storage(dx, X), mask=mask)
+            if NEED_PARTIALS:
+                dw_sum += tl.sum(dy * xhat, axis=0)
+                db_sum += tl.sum(dy, axis=0)
+        if NEED_PARTIALS:
+            tl.store(dw_partial + cols, dw_sum, mask=col_mask)
+            tl.store(db_partial + cols, db_sum, mask=col_mask)
+    else:
+        for row in range(row_start, row_end):
+            mean = tl.load(mean_ptr + row)
+            rstd = tl.load(rstd_ptr + row)
+            if NEED_DX:
+                g_sum = tl.zeros([BLOCK], C)
+                g_xhat_sum = tl.zeros([BLOCK], C)
+                for start in range(0, N, BLOCK):
+                    cols = start + tl.arange(0, BLOCK)
+                    col_mask = cols < N
+                    x = tl.load(x_ptr + row * N + cols, mask=col_mask, other=0.0).to(C)
+                    g = tl.load(dy_ptr + row * N + cols, mask=col_mask, other=0.0).to(C)
+                    if HAS_WEIGHT:
+                        g = g * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(C)
+                    g_sum += g
+                    g_xhat_sum += g * tl.where(col_mask, (x - mean) * rstd, 0.0)
+                mean_g = div_rn(tl.sum(g_sum, axis=0), n)
+                mean_g_xhat = div_rn(tl.sum(g_xhat_sum, axis=0), n)
+            for start in range(0, N, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                col_mask = cols < N
+                x = tl.load(x_ptr + row * N + cols, mask=col_mask, other=0.0).to(C)
+                dy = tl.load(dy_ptr + row * N + cols, mask=col_mask, other=0.0).to(C)
+                xhat = tl.where(col_mask, (x - mean) * rstd, 0.0)
+                if NEED_DX:
+                    g = dy
+                    if HAS_WEIGHT:
+                        g = dy * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(C)
+                    dx = rstd * (g - mean_g - xhat * mean_g_xhat)
+                    tl.store(dx_ptr + row * N + cols, to_storage(dx, X), mask=col_mask)
+                if NEED_PARTIALS:
+                    # This program's own row of partials: read, add, write back; no other program touches it.
+                    dw = tl.load(dw_partial + cols, mask=col_mask, other=0.0)
+                    db = tl.load(db_partial + cols, mask=col_mask, other=0.0)
+                    tl.store(dw_partial + cols, dw + dy * xhat, mask=col_mask)
+                    tl.store(db_partial + cols, db + dy, mask=col_mask)
+
+
+@triton.jit(do_not_specialize=["programs", "N"])
+def column_sums_kernel(partial_ptr, out_ptr, programs, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out[j, :] = sum over p of partial[p, j, :], for j = program_id(1): the programs' partials added in order."""
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    which = tl.program_id(1).to(tl.int64)
+    acc = tl.zeros([BLOCK_P, BLOCK_N], partial_ptr.dtype.element_ty)
+    for first in range(0, programs, BLOCK_P):
+        p = first + tl.arange(0, BLOCK_P)
+        mask = (p < programs)[:, None] & col_mask[None, :]
+        acc += tl.load(partial_ptr + (p[:, None] * 2 + which) * N + cols[None, :], mask=mask, other=0.0)
+    tl.store(out_ptr + which * N + cols, tl.sum(acc, axis=0), mask=col_mask)
+
+
+def _compute(dtype):
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _tiling(n):
+    """(single_tile, block, rows per tile) for rows of n elements."""
+    if n <= MAX_TILE_COLUMNS:
+        block = max(16, triton.next_power_of_2(n))
+        return True, block, max(1, min(64, TILE_ELEMENTS // block))
+    return False, LOOP_COLUMNS, 1
+
+
+def _warps(elements):
+    return max(1, min(16, elements // 512))
+
+
+def _dummy(t, pointer):
+    """A tensor to stand for an absent optional pointer (never read: its flag is off)."""
+    return pointer if pointer is not None else t
+
+
+def layer_norm_forward(x, weight, bias, eps):
+    """(y, mean, rstd) for contiguous rows x (M, N); weight and bias None or (N,) in the compute dtype."""
+    m, n = x.shape
+    compute, tl_compute = _compute(x.dtype)
+    y = torch.empty_like(x)
+    mean = torch.empty(m, dtype=compute, device=x.device)
+    rstd = torch.empty(m, dtype=compute, device=x.device)
+    single, block, rows = _tiling(n)
+    layer_norm_forward_kernel[(triton.cdiv(m, rows),)](
+        x, y, _dummy(x, weight), _dummy(x, bias), mean, rstd, m, n, eps,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ROWS=rows, BLOCK=block, SINGLE_TILE=single,
+        C=tl_compute, Y=TL_DTYPES[x.dtype], num_warps=_warps(rows * block),
+    )
+    return y, mean, rstd
+
+
+def _backward_programs(m, rows, device):
+    if device.type == "cuda":
+        budget = BACKWARD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        budget = BACKWARD_PROGRAMS_CPU
+    return max(1, min(budget, triton.cdiv(m, max(rows, BACKWARD_MIN_ROWS))))
+
+
+def layer_norm_backward(dy, x, weight, mean, rstd, need_dx, need_dweight, need_dbias):
+    """(dx, dweight, dbias) of layer_norm_forward, None where not needed; parameter grads in the compute dtype."""
+    m, n = x.shape
+    compute, tl_compute = _compute(x.dtype)
+    need_partials = need_dweight or need_dbias
+    dx = torch.empty_like(x) if need_dx else None
+    if not (need_dx or need_partials):
+        return None, None, None
+    single, block, rows = _tiling(n)
+    programs = _backward_programs(m, rows, x.device)
+    # Whole tiles of rows per program, so only a program's last tile is partly masked.
+    rows_per_program = triton.cdiv(triton.cdiv(m, programs), rows) * rows
+    programs = triton.cdiv(m, rows_per_program)
+    # The looping kernel adds into its partials row; the single-tile one writes it whole.
+    allocate = torch.zeros if not single else torch.empty
+    partials = allocate((programs, 2, n) if need_partials else (1,), dtype=compute, device=x.device)
+    layer_norm_backward_kernel[(programs,)](
+        dy, x, _dummy(x, weight), mean, rstd, _dummy(x, dx), partials, m, n, rows_per_program,
+        HAS_WEIGHT=weight is not None, NEED_DX=need_dx, NEED_PARTIALS=need_partials, ROWS=rows, BLOCK=block,
+        SINGLE_TILE=single, C=tl_compute, X=TL_DTYPES[x.dtype], num_warps=_warps(rows * block),
+    )
+    if not need_partials:
+        return dx, None, None
+    sums = torch.empty((2, n), dtype=compute, device=x.device)
+    block_n = 256
+    column_sums_kernel[(triton.cdiv(n, block_n), 2)](partials, sums, programs, n, BLOCK_P=16, BLOCK_N=block_n)
+    return dx, sums[0] if need_dweight else None, sums[1] if need_dbias else None
