@@ -88,16 +88,16 @@ fi
 tail -n 1 "$LOG"
 
 # info loads the C++ extension, JIT-building it on a fresh machine (most of its time limit).
-step info "$(limit 120 240)" "$PYTHON" -m fused_optim info --json "$OUT/info.json"
+step info "$(limit 90 330)" "$PYTHON" -m fused_optim info --json "$OUT/info.json"
 if ! "$PYTHON" -c 'import json, sys; sys.exit(not json.load(open(sys.argv[1]))["environment"]["cpp_extension"]["loaded"])' \
         "$OUT/info.json" 2>/dev/null; then
     # It serves CPU tensors only; without this, every later step would try to build it again.
     say "the C++ extension is not available (see info above): later steps run with FUSED_OPTIM_DISABLE_CPP=1"
     export FUSED_OPTIM_DISABLE_CPP=1
 fi
-step tests "$(limit 100 180)" "$PYTHON" -m pytest tests -k cuda -q -p no:cacheprovider --continue-on-collection-errors \
+step tests "$(limit 180 200)" "$PYTHON" -m pytest tests -k cuda -q -p no:cacheprovider --continue-on-collection-errors \
     --junitxml="$OUT/tests.xml"
-step check "$(limit 80 120)" "$PYTHON" -m fused_optim check --device cuda --json "$OUT/check.json"
+step check "$(limit 70 130)" "$PYTHON" -m fused_optim check --device cuda --json "$OUT/check.json"
 
 PLOT=()
 if "$PYTHON" -c "import matplotlib" >/dev/null 2>&1; then
