@@ -1,11 +1,13 @@
 # One command sets up everything on a fresh machine: `make test` (tests) or `make bench` (benchmark).
+# Extra arguments: make bench BENCH_ARGS="--quick --json bench.json"; make test PYTEST_ARGS="-k cli".
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fused_optim-installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: setup build test bench check info clean
+.PHONY: setup build test bench bench-pytest check info clean
 
 setup: $(STAMP)
 
@@ -27,7 +29,10 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 bench: setup
-	$(VENV)/bin/fused-optim bench
+	$(VENV)/bin/fused-optim bench $(BENCH_ARGS)
+
+bench-pytest: setup
+	$(PY) -m pytest benchmarks --benchmark-only $(PYTEST_ARGS)
 
 check: setup
 	$(VENV)/bin/fused-optim check

@@ -1,0 +1,36 @@
+"""The bytes each op must move through memory per step: the one byte model behind GB/s.
+
+Counts are for fused_optim's layout (float32 state for 16-bit parameters) and are applied to
+every provider of an op, so GB/s compares providers doing the same work. torch keeps 16-bit
+state for 16-bit parameters and so moves fewer bytes than counted there.
+"""
+
+import torch
+
+from ..reference.optim import state_dtype
+
+
+def element_size(dtype):
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def optimizer_step(param_dtype, n_state):
+    """Per parameter element: read param, grad and each state tensor; write param and each state."""
+    param = element_size(param_dtype)
+    state = element_size(state_dtype(param_dtype))
+    return 3 * param + 2 * n_state * state
+
+
+def adam(param_dtype, amsgrad=False):
+    """Adam/AdamW: state exp_avg, exp_avg_sq (and max_exp_avg_sq with amsgrad). float32: 28 B (36)."""
+    return optimizer_step(param_dtype, 3 if amsgrad else 2)
+
+
+def sgd(param_dtype, momentum):
+    """SGD: with momentum the buffer is read and written (float32: 20 B), without it 12 B."""
+    return optimizer_step(param_dtype, 1 if momentum else 0)
+
+
+def copy(nbytes):
+    """A device-to-device copy reads and writes every byte once."""
+    return 2 * nbytes

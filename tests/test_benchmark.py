@@ -1,0 +1,338 @@
+"""The pieces behind ``fused-optim bench``: model shape lists, the byte model, timing statistics,
+the op table's check, and the result rows of one case."""
+
+import dataclasses
+import math
+import time
+
+import pytest
+import torch
+
+from fused_optim.benchmark import ops, runner, timing, traffic, workloads
+
+
+# ----- shape lists ---------------------------------------------------------------------------
+
+def test_resnet50_shapes_match_torchvision_totals():
+    shapes = workloads.resnet50_shapes()
+    assert len(shapes) == 161
+    assert workloads.numel(shapes) == 25_557_032
+    assert shapes[0] == (64, 3, 7, 7) and shapes[-2:] == [(1000, 2048), (1000,)]
+    assert sum(len(s) == 4 for s in shapes) == 53  # stem + 16 blocks x 3 + 4 downsample convs
+    assert sum(len(s) == 1 for s in shapes) == 2 * 53 + 1  # a weight and a bias per BatchNorm, the fc bias
+
+
+def test_gpt2_small_shapes_match_huggingface_totals():
+    shapes = workloads.gpt2_shapes()
+    assert len(shapes) == 148
+    assert workloads.numel(shapes) == 124_439_808
+    assert shapes[:2] == [(50257, 768), (1024, 768)]
+    assert shapes.count((768, 2304)) == 12 and shapes.count((3072, 768)) == 12
+
+
+def test_quick_workloads_keep_structure_and_are_tiny():
+    for name, workload in workloads.WORKLOADS.items():
+        full = workload.shapes("cpu", False) if name != "1b" else None
+        quick = workload.shapes("cpu", True)
+        assert workloads.numel(quick) < 300_000, name
+        if name in ("resnet50", "gpt2"):
+            assert len(quick) == len(full), name
+
+
+def test_many_small_shapes_are_deterministic_and_in_range():
+    a = workloads.many_small_shapes(2000, 64, 4096)
+    assert a == workloads.many_small_shapes(2000, 64, 4096)
+    assert len(a) == 2000 and all(64 <= s[0] <= 4096 for s in a)
+    assert workloads.numel(a) > 1_000_000
+
+
+def test_large_workload_size_depends_on_device():
+    large = workloads.WORKLOADS["large"]
+    assert large.shapes("cpu", False) == [(1 << 24,)]
+    assert large.shapes("cuda", False) == [(1 << 28,)]
+    assert workloads.numel(workloads.WORKLOADS["1b"].shapes("cuda", False)) == 1_000_000_000
+
+
+def test_default_workloads_leave_1b_to_cuda():
+    assert runner.default_workloads("cpu") == ["large", "small", "resnet50", "gpt2"]
+    assert runner.default_workloads("cuda") == ["large", "small", "resnet50", "gpt2", "1b"]
+
+
+# ----- byte model ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "bytes_per_element, expected",
+    [
+        (traffic.adam(torch.float32), 28),
+        (traffic.adam(torch.float32, amsgrad=True), 36),
+        (traffic.sgd(torch.float32, momentum=True), 20),
+        (traffic.sgd(torch.float32, momentum=False), 12),
+        (traffic.adam(torch.bfloat16), 3 * 2 + 4 * 4),  # p, g 2 bytes; float32 m, v read and written
+        (traffic.sgd(torch.float16, momentum=True), 3 * 2 + 2 * 4),
+        (traffic.adam(torch.float64), 56),
+    ],
+    ids=["adam-fp32", "amsgrad-fp32", "sgd-momentum", "sgd-plain", "adam-bf16", "sgd-fp16", "adam-fp64"],
+)
+def test_byte_model(bytes_per_element, expected):
+    assert bytes_per_element == expected
+
+
+def test_op_table_uses_the_byte_model():
+    assert ops.OPS["adam"].bytes_per_element(torch.float32) == 28
+    assert ops.OPS["adamw"].bytes_per_element(torch.float32) == 28
+    assert ops.OPS["sgd"].bytes_per_element(torch.float32) == 20  # the bench runs SGD with momentum
+    assert ops.OPS["sgd"].config["momentum"] > 0
+
+
+# ----- timing --------------------------------------------------------------------------------
+
+def test_quantile_interpolates_like_numpy():
+    values = [1.0, 2.0, 4.0, 8.0]
+    assert timing.quantile(values, 0.5) == 3.0
+    assert timing.quantile(values, 0.25) == 1.75
+    assert timing.quantile([5.0], 0.75) == 5.0
+    with pytest.raises(ValueError):
+        timing.quantile([], 0.5)
+
+
+def test_summarize_reports_spread():
+    stats = timing.summarize([3.0, 1.0, 2.0, 10.0, 2.0], calls_per_sample=4)
+    assert (stats.median_s, stats.min_s, stats.max_s, stats.samples) == (2.0, 1.0, 10.0, 5)
+    assert stats.q1_s == 2.0 and stats.q3_s == 3.0
+    assert stats.iqr_pct == pytest.approx(50.0)
+
+
+def test_measure_interleaves_providers_and_ranks_them():
+    order = []
+
+    def sleeper(name, seconds):
+        def fn():
+            order.append(name)
+            time.sleep(seconds)
+        return fn
+
+    settings = timing.Settings(budget_s=0.05, min_rounds=4, max_rounds=6, min_sample_s=0.001, warmup_s=0.0)
+    stats = timing.measure({"fast": sleeper("fast", 0.002), "slow": sleeper("slow", 0.008)}, timing.Clock("cpu"), settings)
+    assert stats["fast"].samples == stats["slow"].samples >= 4
+    assert stats["fast"].median_s >= 0.002 and stats["slow"].median_s >= 0.008
+    assert stats["slow"].median_s > 2 * stats["fast"].median_s
+    # One call each to size the samples, then rounds that sample every provider, each round
+    # starting from the next one.
+    assert order[:2] == ["fast", "slow"]
+    rounds = [order[2 + 2 * r: 4 + 2 * r] for r in range(4)]
+    assert rounds == [["fast", "slow"], ["slow", "fast"], ["fast", "slow"], ["slow", "fast"]]
+
+
+def test_measure_batches_fast_calls_into_samples():
+    count = [0]
+
+    def tick():
+        count[0] += 1
+
+    settings = timing.Settings(budget_s=0.01, min_rounds=3, max_rounds=3, min_sample_s=0.002, warmup_s=0.0)
+    stats = timing.measure({"tick": tick}, timing.Clock("cpu"), settings)["tick"]
+    assert stats.calls_per_sample > 10
+    assert stats.median_s < 0.001
+
+
+def test_settings_stop_rule():
+    settings = timing.Settings(budget_s=1.0, min_rounds=5, max_rounds=50, slow_rounds=3, slow_case_s=3.0, max_case_s=20.0)
+    assert not settings.done(4, 2.0)  # budget spent, too few rounds
+    assert settings.done(5, 1.0)
+    assert not settings.done(2, 10.0)  # a slow case still takes slow_rounds rounds
+    assert settings.done(3, 3.5)
+    assert settings.done(50, 0.1)
+    assert settings.done(1, 20.0)  # a round of pathologically slow steps is the last one
+
+
+def test_slow_first_call_skips_sizing_on_cpu():
+    order = []
+
+    def slow():
+        order.append("slow")
+        time.sleep(0.003)
+
+    settings = timing.Settings(budget_s=0.0, min_rounds=2, max_rounds=2, min_sample_s=0.0001, warmup_s=0.0)
+    stats = timing.measure({"slow": slow}, timing.Clock("cpu"), settings, first_call_s={"slow": 0.01})["slow"]
+    assert stats.calls_per_sample == 1 and len(order) == 2  # two rounds, nothing else
+    order.clear()
+    stats = timing.measure({"slow": slow}, timing.Clock("cpu"), settings, first_call_s={"slow": 0.0005})["slow"]
+    assert len(order) == 3  # one call to size the samples, then two rounds
+
+
+def test_copy_bandwidth_is_measured():
+    result = timing.copy_bandwidth("cpu", 1 << 20, timing.Settings.default(quick=True))
+    assert result["bytes_per_copy"] == 1 << 20
+    assert result["gbps"] > 0.01 and result["samples"] >= 3
+
+
+# ----- one case ------------------------------------------------------------------------------
+
+@pytest.fixture
+def one_thread():
+    """Timing tests need no speed: one thread keeps them quick on a CPU shared with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_run_case_rows(one_thread):
+    settings = timing.Settings.default(quick=True)
+    case = runner.Case("adam", "small", "float32")
+    rows = runner.run_case(case, torch.device("cpu"), True, False, settings, copy_gbps=10.0)
+    by_name = {r["provider"]: r for r in rows}
+    assert set(by_name) == {"fused_optim cpp", "fused_optim triton", "torch for-loop", "torch foreach", "torch fused", "reference"}
+    shapes = workloads.WORKLOADS["small"].shapes("cpu", True)
+    for row in rows:
+        assert row["elements"] == workloads.numel(shapes) and row["tensors"] == len(shapes)
+        assert row["bytes_per_step"] == 28 * row["elements"]
+    assert not by_name["fused_optim triton"]["available"]
+    assert by_name["fused_optim triton"]["reason"].startswith("unavailable: ")
+    timed = [r for r in rows if r["available"]]
+    assert len(timed) == 5
+    best = min((r for r in timed if r["family"] == "torch"), key=lambda r: r["median_s"])
+    assert best["speedup_vs_torch_best"] == 1.0
+    for row in timed:
+        assert row["torch_best"] == best["provider"]
+        assert row["gbps"] == pytest.approx(row["bytes_per_step"] / row["median_s"] / 1e9)
+        assert row["pct_of_copy"] == pytest.approx(10.0 * row["gbps"])
+        assert row["q1_s"] <= row["median_s"] <= row["q3_s"]
+        assert row["speedup_vs_torch_best"] == pytest.approx(best["median_s"] / row["median_s"])
+
+
+def test_cases_are_workload_major_and_share_inputs(one_thread):
+    cases = runner.plan_cases(["sgd", "adam"], ["small", "gpt2"], ["float32", "bfloat16"])
+    assert [c.label for c in cases[:4]] == ["sgd small float32", "adam small float32", "sgd small bfloat16",
+                                            "adam small bfloat16"]
+    cache = runner.InputCache()
+    settings = timing.Settings.default(quick=True)
+    runner.run_case(cases[0], torch.device("cpu"), True, False, settings, 10.0, inputs=cache)
+    first = cache.inputs
+    runner.run_case(cases[1], torch.device("cpu"), True, False, settings, 10.0, inputs=cache)
+    assert cache.inputs is first  # adam steps copies of the inputs sgd had: they are unchanged
+    assert all(torch.equal(p, q) for p, q in zip(first.params, ops.ParamsAndGrads(
+        workloads.WORKLOADS["small"].shapes("cpu", True), torch.device("cpu"), torch.float32, 0).params))
+    runner.run_case(cases[2], torch.device("cpu"), True, False, settings, 10.0, inputs=cache)
+    assert cache.inputs is not first and cache.inputs.params[0].dtype == torch.bfloat16
+
+
+def test_reference_is_left_out_of_large_workloads(monkeypatch, one_thread):
+    monkeypatch.setattr(runner, "REFERENCE_LIMIT", 10)
+    settings = timing.Settings.default(quick=True)
+    rows = runner.run_case(runner.Case("sgd", "small", "float32"), torch.device("cpu"), True, False, settings, 10.0)
+    reference = next(r for r in rows if r["provider"] == "reference")
+    assert not reference["available"] and "--reference" in reference["reason"]
+    rows = runner.run_case(runner.Case("sgd", "small", "float32"), torch.device("cpu"), True, True, settings, 10.0)
+    assert next(r for r in rows if r["provider"] == "reference")["available"]
+
+
+def test_case_skipped_when_memory_is_short(monkeypatch):
+    monkeypatch.setattr(runner.environment, "available_memory", lambda device: 1000)
+    rows = runner.run_case(runner.Case("adam", "small", "float32"), torch.device("cpu"), True, False,
+                           timing.Settings.default(quick=True), 10.0)
+    assert all(not r["available"] for r in rows)
+    assert "GiB free" in next(r for r in rows if r["provider"] == "fused_optim cpp")["reason"]
+
+
+def test_failing_provider_is_reported_not_raised(monkeypatch, one_thread):
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    original = ops.optimizer_providers
+
+    def providers(*args):
+        result = original(*args)
+        return [ops.Provider(p.name, p.family, broken, p.reason, p.slow) if p.name == "torch foreach" else p for p in result]
+
+    op = ops.OPS["sgd"]
+    patched = dataclasses.replace(op, providers=lambda device, dtype: providers(
+        ops.fo_optim.SGD, torch.optim.SGD, op.config, device, dtype))
+    monkeypatch.setitem(ops.OPS, "sgd", patched)
+    rows = runner.run_case(runner.Case("sgd", "small", "float32"), torch.device("cpu"), True, False,
+                           timing.Settings.default(quick=True), 10.0)
+    foreach = next(r for r in rows if r["provider"] == "torch foreach")
+    assert not foreach["available"] and "kernel exploded" in foreach["reason"]
+    assert next(r for r in rows if r["provider"] == "torch fused")["available"]
+
+
+def test_targets_are_read_off_results():
+    cases = [runner.Case("adam", "1b", "float32"), runner.Case("adam", "gpt2", "float32")]
+    rows = [
+        {"op": "adam", "workload": "1b", "dtype": "float32", "provider": "fused_optim triton", "available": True,
+         "pct_of_copy": 93.0, "median_s": 0.007},
+        {"op": "adam", "workload": "gpt2", "dtype": "float32", "provider": "fused_optim triton", "available": True,
+         "pct_of_copy": 50.0, "median_s": 0.001},
+        {"op": "adam", "workload": "gpt2", "dtype": "float32", "provider": "torch fused", "available": True,
+         "pct_of_copy": 40.0, "median_s": 0.0011},
+    ]
+    verdicts = {v["workload"]: v for v in runner.evaluate_targets(cases, rows, torch.device("cuda"))}
+    assert verdicts["1b"]["met"] is True and verdicts["1b"]["value"] == 93.0 and verdicts["1b"]["median_s"] == 0.007
+    assert verdicts["gpt2"]["met"] is False and verdicts["gpt2"]["value"] == pytest.approx(1.1)
+    assert "resnet50" not in verdicts  # not run
+    assert runner.evaluate_targets(cases, rows, torch.device("cpu")) == []
+    from fused_optim.benchmark import report
+
+    table = report.targets_table(list(verdicts.values()))
+    assert "MET     adam: fused_optim triton on 1b (float32): >= 90% of copy bandwidth: 93% (step 7 ms)" in table
+    assert "MISSED  adam: fused_optim triton on gpt2 (float32): >= 1.2x faster than torch fused: 1.10x" in table
+
+
+# ----- check ---------------------------------------------------------------------------------
+
+def test_compare_measures_error_against_tolerance():
+    want = {"a": torch.tensor([1.0, 2.0, float("nan")])}
+    same = ops.compare({"a": want["a"].clone()}, want, torch.float32)
+    assert same == (0.0, 0.0, None)
+    off = ops.compare({"a": torch.tensor([1.0, 2.001, float("nan")])}, want, torch.float32)
+    assert off[0] == pytest.approx(1e-3, rel=1e-3) and off[1] > 1.0
+    nan = ops.compare({"a": torch.tensor([1.0, float("nan"), float("nan")])}, want, torch.float32)
+    assert math.isinf(nan[1])
+    inf = {"a": torch.tensor([float("inf"), -1.0])}
+    assert ops.compare({"a": inf["a"].clone()}, inf, torch.float32)[:2] == (0.0, 0.0)
+    assert math.isinf(ops.compare({"a": torch.tensor([1.0, -1.0])}, inf, torch.float32)[1])
+    missing = ops.compare({}, want, torch.float32)
+    assert missing[2] is not None and "missing" in missing[2]
+
+
+def test_check_passes_on_cpp_and_catches_a_wrong_reference(monkeypatch):
+    rows = ops.OPS["adam"].check(torch.device("cpu"), torch.float32)
+    cpp = next(r for r in rows if r.backend == "cpp")
+    assert cpp.passed is True and cpp.error_ratio <= 1.0 and cpp.runs == 2 * 3
+    torch_row = next(r for r in rows if r.backend == "torch.optim")
+    assert torch_row.passed is True
+
+    import fused_optim.reference.optim as reference
+
+    original = reference.adam
+
+    def off_by_a_bit(param, *args, **kwargs):
+        original(param, *args, **kwargs)
+        param.add_(1e-3)
+
+    monkeypatch.setattr(reference, "adam", off_by_a_bit)
+    rows = ops.OPS["adam"].check(torch.device("cpu"), torch.float32)
+    cpp = next(r for r in rows if r.backend == "cpp")
+    assert cpp.passed is False and cpp.error_ratio > 1.0 and "outside tolerance" in cpp.reason
+
+
+def test_busy_note():
+    from fused_optim.benchmark import report
+
+    assert report.busy_note(None, "during the run") is None
+    assert report.busy_note(0.05, "during the run") is None
+    note = report.busy_note(0.4, "during the run")
+    assert "other processes used 40% of this CPU during the run" in note and "--threads 1" in note
+
+
+def test_other_cpu_use_leaves_out_this_process(monkeypatch):
+    from fused_optim.benchmark import environment
+
+    if environment.OtherCpuUse._sample() is None:
+        pytest.skip("no /proc/stat here")
+    samples = iter([(100.0, 500.0, 20.0), (110.0, 515.0, 28.0)])  # (time, machine busy s, own CPU s)
+    monkeypatch.setattr(environment.OtherCpuUse, "_sample", staticmethod(lambda: next(samples)))
+    monkeypatch.setattr(environment, "usable_cores", lambda: 2)
+    usage = environment.OtherCpuUse()
+    # 15 s busy on the machine, 8 of them this process's, over 10 s x 2 cores
+    assert usage.share() == pytest.approx(7 / 20)
