@@ -54,8 +54,10 @@ def test_large_workload_size_depends_on_device():
 
 
 def test_default_workloads_leave_1b_to_cuda():
-    assert runner.default_workloads("cpu") == ["large", "small", "resnet50", "gpt2"]
-    assert runner.default_workloads("cuda") == ["large", "small", "resnet50", "gpt2", "1b"]
+    cpu, cuda = runner.default_workloads("cpu"), runner.default_workloads("cuda")
+    assert {"large", "small", "resnet50", "gpt2", "mixed", "ln-1024", "ln-8192", "resnet-bn"} == set(cpu)
+    assert set(cuda) == set(cpu) | {"1b", "ln-16384"}
+    assert "tiny" not in cuda  # asked for by name
 
 
 # ----- byte model ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 
 from conftest import HAS_CUDA, TRITON_DEVICE
 from fused_optim.benchmark import report, runner
+from fused_optim.benchmark.ops import OPS
 from fused_optim.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,11 +107,13 @@ def test_bench_quick_default_run(capsys, tmp_path, device):
     assert document["environment"]["cpu"]["torch_threads"] == 1
     settings = document["settings"]
     assert settings["device"].startswith(device) and settings["quick"] is True
-    assert settings["ops"] == ["sgd", "adam", "adamw"]
+    assert settings["ops"] == list(OPS)
     assert settings["workloads"] == runner.default_workloads(device)
     results = document["results"]
     cases = {(r["op"], r["workload"], r["dtype"]) for r in results}
-    assert len(cases) == 3 * len(settings["workloads"])
+    planned = runner.plan_cases(settings["ops"], settings["workloads"], settings["dtypes"])
+    assert cases == {(c.op, c.workload, c.dtype) for c in planned}
+    assert {op for op, _, _ in cases} == set(OPS)  # every op runs on some default workload
     for row in results:
         assert set(runner.RESULT_FIELDS) == row.keys()
         if row["available"]:
@@ -180,7 +183,7 @@ def test_progress_bar_on_a_terminal():
     [
         ([], "the following arguments are required: COMMAND"),
         (["benchmark"], "invalid choice: 'benchmark'"),
-        (["bench", "--op", "clip"], "unknown op 'clip': choose from sgd, adam, adamw"),
+        (["bench", "--op", "lamb"], "unknown op 'lamb': choose from " + ", ".join(OPS)),
         (["bench", "--op", ","], "--op needs at least one name"),
         (["bench", "--workload", "bert"], "unknown workload 'bert'"),
         (["bench", "--dtype", "int8"], "unknown dtype 'int8'"),
@@ -192,7 +195,7 @@ def test_progress_bar_on_a_terminal():
         (["bench", "--time-per-case", "soon"], "expected a number of seconds"),
         (["bench", "--threads", "0"], "expected at least 1"),
         (["bench", "--quick", "--frobnicate"], "unrecognized arguments: --frobnicate"),
-        (["check", "--op", "layernorm"], "unknown op 'layernorm'"),
+        (["check", "--op", "groupnorm"], "unknown op 'groupnorm'"),
         (["check", "--dtype", "float8"], "unknown dtype 'float8'"),
         (["info", "--json", "/nonexistent-folder/i.json"], "does not exist"),
     ],
@@ -221,11 +224,12 @@ def test_check_passes_on_cpu(capsys, tmp_path, monkeypatch):
     document = json.loads(path.read_text())
     assert document["schema"] == "fused_optim.check/1" and document["passed"] is True
     rows = document["rows"]
-    assert {(r["op"], r["dtype"]) for r in rows} == {(o, d) for o in ("sgd", "adam", "adamw") for d in runner.DTYPES}
+    assert {(r["op"], r["dtype"]) for r in rows} == {(o, d) for o in OPS for d in runner.DTYPES}
     for row in rows:
         assert CHECK_ROW_KEYS == row.keys()
     cpp = [r for r in rows if r["backend"] == "cpp"]
-    assert len(cpp) == 12 and all(r["passed"] is True and r["error_ratio"] <= 1.0 for r in cpp)
+    assert len(cpp) == len(OPS) * len(runner.DTYPES)
+    assert all(r["passed"] is True and r["error_ratio"] <= 1.0 for r in cpp)
     triton = [r for r in rows if r["backend"] == "triton"]
     assert all(r["passed"] is None and "TRITON_INTERPRET" in r["reason"] for r in triton)
     assert "pass" in out and "unavailable" in out and "max abs error" in out
@@ -254,5 +258,5 @@ def test_check_failure_exits_nonzero(capsys, tmp_path, monkeypatch):
 def test_check_triton(capsys, device):
     code, out, _ = run(capsys, "check", "--device", device, "--dtype", "float32,bfloat16")
     triton_lines = [line for line in out.splitlines() if line.split()[1:2] == ["triton"]]
-    assert len(triton_lines) == 6
+    assert len(triton_lines) == 2 * len(OPS)
     assert code == 0, out

@@ -2,14 +2,13 @@
 
 Each entry of ``OPS`` says how to make an op's inputs from a workload's shapes, the bytes a step
 must move, which providers run it (fused_optim per backend, torch's implementations), how to
-check each fused_optim backend against the reference, and the GPU targets read off a bench run.
-A new op (clipping, a norm layer) is one more entry, built by a helper like ``optimizer_op``.
+check each fused_optim backend against the reference, and the targets read off a bench run (the
+project's goals, per device type). The optimizers are defined here, clipping in clip_ops, the
+normalization layers in norm_ops; a new op is one more entry.
 """
 
 import dataclasses
 import functools
-import math
-from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -17,104 +16,10 @@ from .. import _backend
 from .. import optim as fo_optim
 from ..reference.optim import state_dtype
 from . import traffic
-
-#: fused_optim backends timed by the bench, besides the reference (listed separately: it is slow)
-FAST_BACKENDS = ("cpp", "triton")
-
-
-@dataclasses.dataclass(frozen=True)
-class Provider:
-    """One implementation of an op, e.g. 'fused_optim cpp' or 'torch fused'."""
-
-    name: str
-    #: "fused_optim" or "torch": speedups are over the best "torch" provider
-    family: str
-    #: build(inputs) -> a function running one step on the provider's own copy of the inputs
-    build: Callable
-    #: why it cannot run on this device and dtype; None when it can
-    reason: Optional[str] = None
-    #: slow enough that the default run times it on small workloads only
-    slow: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """A performance goal read off a bench run on a device type (the GPU targets of the project)."""
-
-    workload: str
-    provider: str
-    #: "pct_of_copy": % of the measured copy bandwidth; "speedup_vs": time of ``against`` / time
-    metric: str
-    threshold: float
-    against: Optional[str] = None
-    dtype: str = "float32"
-    device_type: str = "cuda"
-
-    def describe(self):
-        if self.metric == "pct_of_copy":
-            goal = f">= {self.threshold:g}% of copy bandwidth"
-        else:
-            goal = f">= {self.threshold:g}x faster than {self.against}"
-        return f"{self.provider} on {self.workload} ({self.dtype}): {goal}"
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckResult:
-    """One row of ``fused-optim check``: an op on one backend and dtype against the reference."""
-
-    op: str
-    backend: str
-    dtype: str
-    device: str
-    #: True / False; None when the backend could not run here (see ``reason``)
-    passed: Optional[bool]
-    max_abs_error: Optional[float] = None
-    #: the largest |error| / (atol + rtol * |reference|); 1.0 is the tolerance
-    error_ratio: Optional[float] = None
-    #: optimizer runs compared (configs x layouts)
-    runs: int = 0
-    reason: Optional[str] = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Op:
-    name: str
-    summary: str
-    #: the workloads it runs on (names in workloads.WORKLOADS)
-    workloads: Tuple[str, ...]
-    #: hyperparameters of the benchmarked step, recorded with the results
-    config: dict
-    #: make_inputs(shapes, device, dtype, seed) -> inputs shared by all providers' build()
-    make_inputs: Callable
-    #: bytes moved per element of the workload for a dtype (see traffic)
-    bytes_per_element: Callable
-    #: bytes one provider's copy of the inputs and state holds per element for a dtype
-    memory_per_element: Callable
-    #: providers(device, dtype) -> [Provider]
-    providers: Callable
-    #: check(device, dtype) -> [CheckResult]
-    check: Callable
-    targets: Tuple[Target, ...] = ()
-
-
-# ----- inputs --------------------------------------------------------------------------------
-
-class ParamsAndGrads:
-    """Parameters with gradients; every provider steps its own clones."""
-
-    def __init__(self, shapes, device, dtype, seed):
-        generator = torch.Generator(device=device).manual_seed(seed)
-        self.params = [torch.randn(s, generator=generator, device=device, dtype=dtype) for s in shapes]
-        self.grads = [torch.randn(s, generator=generator, device=device, dtype=dtype) for s in shapes]
-
-    def clone(self):
-        params = []
-        for p, g in zip(self.params, self.grads):
-            p = p.clone().requires_grad_(True)
-            p.grad = g.clone()
-            params.append(p)
-        return params
-
+from .clip_ops import CLIP_OP
+from .norm_ops import NORM_OPS
+from .core import (FAST_BACKENDS, TOLERANCES, CheckResult, Op, ParamsAndGrads, Provider, Target,  # noqa: F401
+                   compare, fused_reason)
 
 # ----- providers -----------------------------------------------------------------------------
 
@@ -136,13 +41,6 @@ def _torch_reason(torch_class, mode, device, dtype):
     return None
 
 
-def _fused_reason(backend, device_type):
-    reason = _backend.unavailable_reason(backend, device_type)
-    if reason is None and backend == "triton" and device_type != "cuda":
-        reason = "Triton runs CPU tensors only in its interpreter (TRITON_INTERPRET=1), which is for tests, not timing"
-    return reason
-
-
 def optimizer_providers(fo_class, torch_class, config, device, dtype):
     device = torch.device(device)
 
@@ -152,7 +50,7 @@ def optimizer_providers(fo_class, torch_class, config, device, dtype):
     def torch_mode(mode):
         return lambda inputs: torch_class(inputs.clone(), **TORCH_MODES[mode], **config).step
 
-    providers = [Provider(f"fused_optim {b}", "fused_optim", fused(b), _fused_reason(b, device.type)) for b in FAST_BACKENDS]
+    providers = [Provider(f"fused_optim {b}", "fused_optim", fused(b), fused_reason(b, device.type)) for b in FAST_BACKENDS]
     providers += [
         Provider(mode, "torch", torch_mode(mode), _torch_reason(torch_class, mode, str(device), dtype)) for mode in TORCH_MODES
     ]
@@ -161,14 +59,6 @@ def optimizer_providers(fo_class, torch_class, config, device, dtype):
 
 
 # ----- check ---------------------------------------------------------------------------------
-
-#: torch.testing.assert_close's default tolerances (rtol, atol) per dtype
-TOLERANCES = {
-    torch.float64: (1e-7, 1e-7),
-    torch.float32: (1.3e-6, 1e-5),
-    torch.float16: (1e-3, 1e-5),
-    torch.bfloat16: (1.6e-2, 1e-5),
-}
 
 #: awkward shapes: 0-dim, single element, odd sizes around the kernels' block sizes, 3-D, empty;
 #: one parameter gets no gradient (every step skips it)
@@ -211,33 +101,7 @@ def _run_steps(make_optimizer, params, grads):
     return tensors
 
 
-def compare(result, expected, dtype):
-    """(max |error|, max error / tolerance, problem or None) of two {name: tensor} dicts."""
-    if result.keys() != expected.keys():
-        missing = sorted(expected.keys() - result.keys())
-        extra = sorted(result.keys() - expected.keys())
-        return math.inf, math.inf, f"state differs: missing {missing}, unexpected {extra}"
-    rtol, atol = TOLERANCES[dtype]
-    max_abs = 0.0
-    max_ratio = 0.0
-    for name, want in expected.items():
-        got = result[name]
-        if got.shape != want.shape:
-            return math.inf, math.inf, f"{name}: shape {list(got.shape)}, expected {list(want.shape)}"
-        got = got.detach().to("cpu", torch.float64)
-        want = want.detach().to("cpu", torch.float64)
-        if got.numel() == 0:
-            continue
-        # Equal values (infinities included) and NaN against NaN agree; any other NaN is an infinite error.
-        agree = (got == want) | (got.isnan() & want.isnan())
-        error = (got - want).abs().nan_to_num(nan=math.inf, posinf=math.inf).masked_fill(agree, 0.0)
-        tolerance = atol + rtol * want.abs().nan_to_num(nan=0.0, posinf=math.inf)
-        max_abs = max(max_abs, error.max().item())
-        max_ratio = max(max_ratio, (error / tolerance).nan_to_num(nan=math.inf, posinf=math.inf).max().item())
-    return max_abs, max_ratio, None
-
-
-def check_optimizer(name, fo_class, torch_class, configs, device, dtype):
+def check_optimizer(name, fo_class, torch_class, configs, device, dtype, with_torch=True):
     """Every fused_optim backend that runs on ``device`` (and torch.optim, for float32/float64)
     against the reference, over ``configs`` after CHECK_STEPS steps with fresh random gradients."""
     device = torch.device(device)
@@ -247,8 +111,9 @@ def check_optimizer(name, fo_class, torch_class, configs, device, dtype):
     for backend in FAST_BACKENDS:
         reason = _backend.unavailable_reason(backend, device.type)
         candidates.append((backend, reason, lambda ps, config, b=backend: fo_class(ps, backend=b, **config)))
-    torch_reason = None if dtype in (torch.float32, torch.float64) else "torch.optim keeps 16-bit state for 16-bit params; compared in float32 and float64 only"
-    candidates.append(("torch.optim", torch_reason, lambda ps, config: torch_class(ps, foreach=False, **config)))
+    if with_torch:
+        torch_reason = None if dtype in (torch.float32, torch.float64) else "torch.optim keeps 16-bit state for 16-bit params; compared in float32 and float64 only"
+        candidates.append(("torch.optim", torch_reason, lambda ps, config: torch_class(ps, foreach=False, **config)))
     for label, reason, make in candidates:
         if reason is not None:
             rows.append(CheckResult(name, label, dtype_name, str(device), None, reason=reason))
@@ -277,7 +142,7 @@ def check_optimizer(name, fo_class, torch_class, configs, device, dtype):
 
 # ----- the table -----------------------------------------------------------------------------
 
-OPTIMIZER_WORKLOADS = ("large", "small", "resnet50", "gpt2", "1b")
+OPTIMIZER_WORKLOADS = ("large", "small", "resnet50", "gpt2", "1b", "mixed", "tiny")
 
 #: on CUDA, fused_optim's triton step against torch's fastest on real models' parameter lists
 STEP_TARGETS = (
@@ -286,6 +151,13 @@ STEP_TARGETS = (
 )
 #: Adam/AdamW over 1B float32 parameters: near the memory system's limit
 BANDWIDTH_TARGETS = (Target("1b", "fused_optim triton", "pct_of_copy", 90.0),)
+
+
+def cpu_step_targets(large):
+    """On the CPU, fused_optim's C++ step against torch's fused: ``large`` on one big tensor, 4x on
+    weights and biases, 5x on a thousand small tensors."""
+    return tuple(Target(w, "fused_optim cpp", "speedup_vs", x, against="torch fused", device_type="cpu")
+                 for w, x in (("large", large), ("mixed", 4.0), ("tiny", 5.0)))
 
 
 def optimizer_op(name, summary, fo_class, torch_class, config, n_state, check_configs, targets):
@@ -307,6 +179,48 @@ def optimizer_op(name, summary, fo_class, torch_class, config, n_state, check_co
     )
 
 
+def adam_clip_providers(device, dtype):
+    """Adam with clipping: fused_optim's max_grad_norm step against clip_grad_norm_ + torch's step."""
+    providers = optimizer_providers(fo_optim.Adam, torch.optim.Adam, dict(ADAM_CLIP_CONFIG), device, dtype)
+    renamed = []
+    for p in providers:
+        if p.family == "torch":
+            mode = p.name.replace("torch ", "")
+
+            def build(inputs, mode=f"torch {mode}"):
+                params = inputs.clone()
+                optimizer = torch.optim.Adam(params, lr=ADAM_CLIP_CONFIG["lr"], **TORCH_MODES[mode])
+
+                def step():
+                    torch.nn.utils.clip_grad_norm_(params, ADAM_CLIP_CONFIG["max_grad_norm"])
+                    optimizer.step()
+
+                return step
+
+            renamed.append(Provider(f"torch clip + {mode}", "torch", build, p.reason))
+        else:
+            renamed.append(p)
+    return renamed
+
+
+ADAM_CLIP_CONFIG = dict(lr=1e-3, max_grad_norm=1.0)
+ADAM_CLIP_CHECKS = [dict(lr=1e-2, max_grad_norm=0.5), dict(lr=1e-2, weight_decay=0.01, amsgrad=True, max_grad_norm=1.0)]
+
+
+def adam_clip_op():
+    op = optimizer_op(
+        "adam_clip", "Adam with clipping to norm 1.0: max_grad_norm vs clip_grad_norm_ + step", fo_optim.Adam,
+        torch.optim.Adam, ADAM_CLIP_CONFIG, n_state=2, check_configs=ADAM_CLIP_CHECKS,
+        targets=(Target("mixed", "fused_optim cpp", "speedup_vs", 3.0, against="torch clip + fused", device_type="cpu"),),
+    )
+    # torch.optim has no max_grad_norm: the backends are checked against the reference alone
+    check = functools.partial(check_optimizer, op.name, fo_optim.Adam, torch.optim.Adam, ADAM_CLIP_CHECKS,
+                              with_torch=False)
+    return dataclasses.replace(
+        op, workloads=("mixed", "resnet50", "gpt2"), bytes_per_element=lambda dtype: traffic.clipped_optimizer_step(dtype, 2),
+        providers=adam_clip_providers, check=check)
+
+
 OPS = {
     op.name: op
     for op in [
@@ -318,7 +232,7 @@ OPS = {
                 dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
                 dict(lr=0.1, momentum=0.5, maximize=True),
             ],
-            targets=STEP_TARGETS,
+            targets=STEP_TARGETS + cpu_step_targets(1.0),
         ),
         optimizer_op(
             "adam", "Adam", fo_optim.Adam, torch.optim.Adam, dict(lr=1e-3), n_state=2,
@@ -327,7 +241,7 @@ OPS = {
                 dict(lr=1e-2, weight_decay=0.01, amsgrad=True),
                 dict(lr=1e-2, betas=(0.3, 0.99), eps=1e-6, maximize=True),
             ],
-            targets=BANDWIDTH_TARGETS + STEP_TARGETS,
+            targets=BANDWIDTH_TARGETS + STEP_TARGETS + cpu_step_targets(1.1),
         ),
         optimizer_op(
             "adamw", "AdamW, weight decay 0.01", fo_optim.AdamW, torch.optim.AdamW, dict(lr=1e-3, weight_decay=0.01),
@@ -337,7 +251,10 @@ OPS = {
                 dict(lr=1e-2, weight_decay=0.1, amsgrad=True),
                 dict(lr=1e-2, betas=(0.8, 0.9), maximize=True),
             ],
-            targets=BANDWIDTH_TARGETS + STEP_TARGETS,
+            targets=BANDWIDTH_TARGETS + STEP_TARGETS + cpu_step_targets(1.1),
         ),
+        adam_clip_op(),
+        CLIP_OP,
+        *NORM_OPS,
     ]
 }

@@ -34,3 +34,24 @@ def sgd(param_dtype, momentum):
 def copy(nbytes):
     """A device-to-device copy reads and writes every byte once."""
     return 2 * nbytes
+
+
+def clip(grad_dtype):
+    """clip_grad_norm_: read every gradient for the norm, then read and write it to scale (float32: 12 B)."""
+    return 3 * element_size(grad_dtype)
+
+
+def clipped_optimizer_step(param_dtype, n_state):
+    """An optimizer step with clipping fused in: the norm's read of the gradient, then the step."""
+    return element_size(param_dtype) + optimizer_step(param_dtype, n_state)
+
+
+def layer_norm(dtype):
+    """LayerNorm forward + backward: read x, write y; read dy and x, write dx (float32: 20 B)."""
+    return 5 * element_size(dtype)
+
+
+def batch_norm(dtype):
+    """BatchNorm forward + backward in training: statistics (read x), normalize (read x, write y),
+    the two per-channel sums (read dy, x), the input gradient (read dy, x, write dx): 32 B in float32."""
+    return 8 * element_size(dtype)

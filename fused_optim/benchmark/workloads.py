@@ -1,7 +1,8 @@
 """The tensor shapes ops are benchmarked on, generated in code (no downloads).
 
 A workload gives a list of shapes for a device type, in full size or tiny (``quick``). The
-optimizer ops read them as parameter shapes.
+optimizer and clipping ops read them as parameter shapes; the normalization ops read one shape,
+the activations they normalize.
 """
 
 import dataclasses
@@ -91,6 +92,33 @@ WORKLOADS = {
             "1b", "1B parameters as four tensors of 250M (CUDA default only: 16 GB per optimizer copy in float32)",
             lambda device_type, quick: [(4096,)] * 4 if quick else [(250_000_000,)] * 4,
             default_on=("cuda",),
+        ),
+        Workload(
+            "mixed", "500 tensors of 4,096 and 500 of 64 elements (weights and biases)",
+            lambda device_type, quick: [(256,)] * 20 + [(8,)] * 20 if quick else [(4096,)] * 500 + [(64,)] * 500,
+        ),
+        Workload(
+            "tiny", "1,000 tensors of 64 elements: the step's fixed costs",
+            lambda device_type, quick: [(8,)] * 50 if quick else [(64,)] * 1000,
+            default_on=(),
+        ),
+        Workload(
+            "ln-1024", "LayerNorm input, hidden size 1024 (4096 rows on CPU, 32768 on CUDA)",
+            lambda device_type, quick: [(64, 128)] if quick else [(4096 if device_type == "cpu" else 32768, 1024)],
+        ),
+        Workload(
+            "ln-8192", "LayerNorm input, hidden size 8192 (1024 rows on CPU, 4096 on CUDA)",
+            lambda device_type, quick: [(16, 1000)] if quick else [(1024 if device_type == "cpu" else 4096, 8192)],
+        ),
+        Workload(
+            "ln-16384", "LayerNorm input, hidden size 16384, 2048 rows (CUDA default only)",
+            lambda device_type, quick: [(8, 4097)] if quick else [(2048, 16384)],
+            default_on=("cuda",),
+        ),
+        Workload(
+            "resnet-bn", "BatchNorm2d input of a ResNet stage: (32, 64, 56, 56) on CPU, (128, 256, 56, 56) on CUDA",
+            lambda device_type, quick: [(4, 8, 7, 7)] if quick else [
+                (32, 64, 56, 56) if device_type == "cpu" else (128, 256, 56, 56)],
         ),
     ]
 }
