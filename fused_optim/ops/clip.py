@@ -80,15 +80,19 @@ def total_norm(tensors, norm_type, error_if_nonfinite, backend, max_norm=None, u
     """The total norm of ``tensors`` (their gradients with use_grads) and, with max_norm, clip
     them in place by it. Returns a 0-dim tensor on the first tensor's device."""
     norm_type = float(norm_type)
-    selected = grads_of(tensors) if use_grads else tensors
-    if not selected:
+    # The device of the first tensor decides the backend; the C++ path reads the gradients itself,
+    # so the Python list of them is built only for the other paths.
+    first = next((t.grad for t in tensors if t.grad is not None), None) if use_grads else (
+        tensors[0] if tensors else None)
+    if first is None:
         return torch.tensor(0.0)
-    name = _backend_for(selected, backend)
+    name = _backend.resolve(_backend.validate_name(backend), first.device)
     if name == "cpp" and reference.is_power_norm(norm_type):
         # None when some tensor is not a dense CPU float tensor: those take the reference below.
         result = _cpp.get().clip_grad_norm(tensors, use_grads, max_norm, norm_type, error_if_nonfinite)
         if result is not None:
             return result
+    selected = grads_of(tensors) if use_grads else tensors
     if name == "triton" and _triton_eligible(selected, norm_type) and len({t.device for t in selected}) == 1:
         return _clip_triton(selected, max_norm, norm_type, error_if_nonfinite)
     total = reference.total_norm(selected, norm_type)
