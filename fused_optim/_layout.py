@@ -16,6 +16,11 @@ def is_dense(t):
     return True
 
 
+def real_dtype(t):
+    """The dtype of a tensor's real view: float32 for complex64."""
+    return t.real.dtype if t.is_complex() else t.dtype
+
+
 def real(t):
     """Complex tensors as their real view; others as they are."""
     return torch.view_as_real(t) if t.is_complex() else t

@@ -15,13 +15,9 @@ the scanned gradients for clipping.
 import torch
 
 from .. import _cpp
-from .._layout import flat_views, real, write_back
+from .._layout import flat_views, real, real_dtype, write_back
 from ..reference import clip as clip_reference
 from ..reference import optim as reference
-
-
-def real_dtype(t):
-    return t.real.dtype if t.is_complex() else t.dtype
 
 
 class ListPlan:

@@ -22,13 +22,10 @@ from collections import defaultdict
 import torch
 
 from .. import _backend
+from .._layout import real_dtype
 from ..ops import optim as plans
 from ..reference import clip as clip_reference
 from ..reference.optim import state_dtype
-
-def real_dtype(t):
-    return t.real.dtype if t.is_complex() else t.dtype
-
 
 class MultiTensorOptimizer(torch.optim.Optimizer):
     """Base class: subclasses define the state layout and the update call."""

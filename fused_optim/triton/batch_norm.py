@@ -32,6 +32,20 @@ MIN_SPLIT = 16
 
 
 @triton.jit
+def _channel_block(C, BLOCK_C: tl.constexpr):
+    """This program's block of channels (axis 0 of the grid) and which of them exist."""
+    chans = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return chans, chans < C
+
+
+@triton.jit
+def _split_range(split_size, M):
+    """This program's range [m_start, m_end) of the M rows (axis 1 of the grid)."""
+    m_start = tl.program_id(1).to(tl.int64) * split_size
+    return m_start, tl.minimum(m_start + split_size, M)
+
+
+@triton.jit
 def _offsets(ms, chans, C, S, CHANNELS_LAST: tl.constexpr):
     if CHANNELS_LAST:
         return ms[:, None] * C + chans[None, :]
@@ -44,8 +58,7 @@ def _offsets(ms, chans, C, S, CHANNELS_LAST: tl.constexpr):
 def batch_norm_moments_kernel(x_ptr, mean_ptr, m2_ptr, C, S, M, split_size, CHANNELS_LAST: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr):
     """Mean and M2 of each channel's values m in this program's split, into mean_ptr/m2_ptr[split, channel]."""
-    chans = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    chan_mask = chans < C
+    chans, chan_mask = _channel_block(C, BLOCK_C)
     split = tl.program_id(1).to(tl.int64)
     m_start = split * split_size
     m_end = tl.minimum(m_start + split_size, M)
@@ -75,8 +88,7 @@ def batch_norm_combine_kernel(split_mean_ptr, split_m2_ptr, w_ptr, b_ptr, runnin
                               HAS_RUNNING_MEAN: tl.constexpr, HAS_RUNNING_VAR: tl.constexpr, RM: tl.constexpr,
                               RV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr):
     """Per channel: the statistics to normalize with (saved), running-stat updates, and alpha, beta."""
-    chans = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    chan_mask = chans < C
+    chans, chan_mask = _channel_block(C, BLOCK_C)
     if USE_BATCH_STATS:
         s = tl.arange(0, BLOCK_S)
         s_mask = s < splits
@@ -120,12 +132,10 @@ def batch_norm_combine_kernel(split_mean_ptr, split_m2_ptr, w_ptr, b_ptr, runnin
 def batch_norm_affine_kernel(x_ptr, y_ptr, alpha_ptr, beta_ptr, C, S, M, split_size, CHANNELS_LAST: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr, Y: tl.constexpr):
     """y = x * alpha[c] + beta[c] over this program's block of channels and split of m."""
-    chans = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    chan_mask = chans < C
+    chans, chan_mask = _channel_block(C, BLOCK_C)
     alpha = tl.load(alpha_ptr + chans, mask=chan_mask, other=0.0)
     beta = tl.load(beta_ptr + chans, mask=chan_mask, other=0.0)
-    m_start = tl.program_id(1).to(tl.int64) * split_size
-    m_end = tl.minimum(m_start + split_size, M)
+    m_start, m_end = _split_range(split_size, M)
     for start in range(m_start, m_end, BLOCK_M):
         ms = start + tl.arange(0, BLOCK_M)
         mask = (ms < m_end)[:, None] & chan_mask[None, :]
@@ -139,8 +149,7 @@ def batch_norm_grad_sums_kernel(dy_ptr, x_ptr, mean_ptr, sum_dy_ptr, sum_dy_xmu_
                                 CHANNELS_LAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                                 CT: tl.constexpr):
     """Sums of dy and dy * (x - mean) per channel over this program's split, into [split, channel]."""
-    chans = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    chan_mask = chans < C
+    chans, chan_mask = _channel_block(C, BLOCK_C)
     mean = tl.load(mean_ptr + chans, mask=chan_mask, other=0.0)
     split = tl.program_id(1).to(tl.int64)
     m_start = split * split_size
@@ -170,8 +179,7 @@ def batch_norm_grad_combine_kernel(sum_dy_ptr, sum_dy_xmu_ptr, w_ptr, mean_ptr, 
     k1 = w * rstd, k2 = -w * rstd^3 * sum(dy * (x - mean)) / n, k3 = -w * rstd * sum(dy) / n;
     with running statistics (constants), k1 alone.
     """
-    chans = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    chan_mask = chans < C
+    chans, chan_mask = _channel_block(C, BLOCK_C)
     rstd = tl.load(rstd_ptr + chans, mask=chan_mask, other=0.0)
     scale = rstd
     if HAS_WEIGHT:
@@ -195,15 +203,13 @@ def batch_norm_grad_combine_kernel(sum_dy_ptr, sum_dy_xmu_ptr, w_ptr, mean_ptr, 
 def batch_norm_dx_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, k1_ptr, k2_ptr, k3_ptr, C, S, M, split_size,
                          USED_BATCH_STATS: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_C: tl.constexpr, CT: tl.constexpr, X: tl.constexpr):
-    chans = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    chan_mask = chans < C
+    chans, chan_mask = _channel_block(C, BLOCK_C)
     k1 = tl.load(k1_ptr + chans, mask=chan_mask, other=0.0)
     if USED_BATCH_STATS:
         mean = tl.load(mean_ptr + chans, mask=chan_mask, other=0.0)
         k2 = tl.load(k2_ptr + chans, mask=chan_mask, other=0.0)
         k3 = tl.load(k3_ptr + chans, mask=chan_mask, other=0.0)
-    m_start = tl.program_id(1).to(tl.int64) * split_size
-    m_end = tl.minimum(m_start + split_size, M)
+    m_start, m_end = _split_range(split_size, M)
     for start in range(m_start, m_end, BLOCK_M):
         ms = start + tl.arange(0, BLOCK_M)
         mask = (ms < m_end)[:, None] & chan_mask[None, :]
