@@ -99,6 +99,7 @@ MultiTensorPlan::MultiTensorPlan(std::vector<at::Tensor> params, int64_t n_state
                 "MultiTensorPlan: steps must be a contiguous float32 CPU tensor with one entry per parameter");
   }
   state_.assign(n, {});
+  bound_state_.assign(n, BoundState{});
   bound_.assign(n, 0);
   fresh_.assign(n, 0);
 }
@@ -134,11 +135,10 @@ std::tuple<bool, std::vector<int64_t>, std::vector<int64_t>> MultiTensorPlan::sc
                 " is not a plain dense tensor (a tensor subclass or one without storage)");
     if (bound_[i]) {
       const int64_t numel = is_complex_[i] ? 2 * p.numel() : p.numel();
-      for (const auto& s : state_[i]) {
-        TORCH_CHECK(s.numel() == numel, optimizer_, ": parameter ", i, " has ", p.numel(),
-                    " elements but its state was created for ", (is_complex_[i] ? s.numel() / 2 : s.numel()),
-                    "; the parameter was replaced after its first step");
-      }
+      const int64_t state_numel = bound_state_[i].numel;
+      TORCH_CHECK(n_state_ == 0 || state_numel == numel, optimizer_, ": parameter ", i, " has ", p.numel(),
+                  " elements but its state was created for ", (is_complex_[i] ? state_numel / 2 : state_numel),
+                  "; the parameter was replaced after its first step");
     } else {
       need_state.push_back(static_cast<int64_t>(i));
     }
@@ -169,6 +169,14 @@ void MultiTensorPlan::bind(int64_t index, const std::vector<at::Tensor>& state, 
                 s.defined() ? s.toString() : std::string("None"), " of shape ", s.sizes());
     views.push_back(real_view(s));
   }
+  BoundState cached{};
+  cached.numel = is_complex_[index] ? 2 * p.numel() : p.numel();
+  cached.contiguous = true;
+  for (size_t k = 0; k < views.size(); ++k) {
+    cached.data[k] = views[k].data_ptr();
+    cached.contiguous = cached.contiguous && views[k].is_contiguous();
+  }
+  bound_state_[index] = cached;
   state_[index] = std::move(views);
   bound_[index] = 1;
   fresh_[index] = fresh ? 1 : 0;
@@ -191,9 +199,18 @@ void MultiTensorPlan::gather_work() {
     const at::Tensor p = is_complex_[i] ? at::view_as_real(params_[i]) : at::Tensor();
     const at::Tensor& param = is_complex_[i] ? p : params_[i];
     const at::Tensor& g = *grads_[a];
-    std::vector<at::Tensor>& state = state_[i];
+    const BoundState& cached = bound_state_[i];
     Work w{};
     w.index = i;
+    if (cached.contiguous && param.is_contiguous() && g.is_contiguous()) {
+      w.param = param.data_ptr();
+      w.grad = g.data_ptr();
+      for (int64_t k = 0; k < n_state_; ++k) w.state[k] = cached.data[k];
+      work_.push_back(w);
+      prefix_.push_back(prefix_.back() + param.numel());
+      continue;
+    }
+    std::vector<at::Tensor>& state = state_[i];
     if (flat_compatible(param, g, state)) {
       w.param = param.data_ptr();
       w.grad = g.data_ptr();

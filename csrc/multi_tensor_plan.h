@@ -82,6 +82,15 @@ class MultiTensorPlan {
   std::vector<at::Tensor> params_;
   std::vector<char> is_complex_;
   std::vector<std::vector<at::Tensor>> state_;  // [param][k], real views
+  // What a step needs of the bound state, kept beside the plan so a step reads no state tensor's
+  // metadata (in training the step follows a forward and backward pass, and each tensor's
+  // metadata would be a cache miss): data addresses, real element count, all contiguous.
+  struct BoundState {
+    void* data[kMaxState];
+    int64_t numel;
+    bool contiguous;
+  };
+  std::vector<BoundState> bound_state_;
   std::vector<char> bound_;
   std::vector<char> fresh_;
   int64_t n_state_;

@@ -25,7 +25,7 @@ import importlib
 
 import torch
 
-from .. import _cpp
+from .. import _backend, _cpp
 from .._layout import real_dtype
 from ..reference import clip as clip_reference
 from ..reference import optim as reference
@@ -213,9 +213,93 @@ class UnavailablePlan:
         pass
 
 
+class LocalShardPlan:
+    """DTensor parameters (FSDP2, tensor parallel) stepped on their local shards: a plan of the
+    backend over the local tensors does the work, still one multi-tensor call; the state stays
+    DTensors of the parameters' placement (so torch.distributed.checkpoint saves it), and the
+    gradient power sums are reduced over the mesh for a global clipping norm."""
+
+    def __init__(self, inner, params):
+        self.inner = inner
+        self.params = params
+        self.locals = inner.params
+        self.device = inner.device
+        first = params[0]
+        self.mesh, self.placements = first.device_mesh, tuple(first.placements)
+        if any(p.device_mesh != self.mesh or tuple(p.placements) != self.placements for p in params):
+            raise ValueError("fused_optim: the DTensor parameters of one group must share one mesh and placement; "
+                             "put each placement in a param group of its own")
+
+    def __len__(self):
+        return len(self.params)
+
+    @property
+    def sparse(self):
+        return self.inner.sparse
+
+    def scan(self):
+        for p, local in zip(self.params, self.locals):
+            if p._local_tensor.data_ptr() != local.data_ptr() or p._local_tensor.shape != local.shape:
+                return True, []  # the shard was reallocated: rebuild
+            g = p.grad
+            if g is not None and tuple(g.placements) != self.placements:
+                g = g.redistribute(self.mesh, self.placements)
+            local.grad = None if g is None else g.to_local()
+        return self.inner.scan()
+
+    def bind(self, index, state, fresh):
+        self.inner.bind(index, [s.to_local() if _is_dtensor(s) else s for s in state], fresh)
+
+    def grad_power_sum(self, norm_type):
+        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor.placement_types import Partial, Replicate, Shard
+
+        local = self.inner.grad_power_sum(norm_type).sum().reshape(1)
+        placements = [Partial() if isinstance(pl, Shard) else Replicate() for pl in self.placements]
+        return DTensor.from_local(local.to(self.device), self.mesh, placements).full_tensor()
+
+    def update(self, scalars, flags, grad_factor=None, found_inf=None):
+        self.inner.update(scalars, flags, _local(grad_factor), _local(found_inf))
+        for local in self.locals:
+            local.grad = None
+
+
+def _is_dtensor(t):
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return False
+    return isinstance(t, DTensor)
+
+
+def _local(t):
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def device_of(params):
+    """The device the kernels see: a DTensor's local shard's."""
+    return params[0]._local_tensor.device if _is_dtensor(params[0]) else params[0].device
+
+
+def backend_for(requested, params, differentiable=False):
+    """The concrete backend that steps ``params`` (one device and dtype of a group), decided
+    before any pointer is taken: differentiable steps and tensor subclasses other than DTensor
+    (FakeTensor, FunctionalTensor...) take the reference math, which dispatches through their own
+    ops; DTensors are stepped on their local shards by the backend of the shards' device."""
+    if differentiable:
+        return "reference"
+    backend = _backend.resolve(requested, device_of(params))
+    if not all(_is_dtensor(p) for p in params) and not _plain(params):
+        return "reference"
+    return backend
+
+
 _PLANS = {"cpp": CppPlan, "triton": TritonPlan, "reference": ReferencePlan}
 
 
 def make_plan(backend, spec, params, steps, n_state):
     """A plan for ``params`` (one device, one real dtype) on a concrete backend."""
+    if params and all(_is_dtensor(p) for p in params):
+        locals_ = [p.to_local() for p in params]
+        return LocalShardPlan(_PLANS[backend](spec, locals_, steps, n_state), params)
     return _PLANS[backend](spec, params, steps, n_state)

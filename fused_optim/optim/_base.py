@@ -24,7 +24,7 @@ its plan when created or loaded; change them in place or through ``load_state_di
 ``differentiable=True`` runs the reference math with autograd on, so gradients flow through the
 update as in torch's differentiable optimizers. Tensor subclasses other than DTensor (FakeTensor,
 FunctionalTensor...), and devices the kernels do not serve, take the reference math too; DTensor
-parameters are stepped on their local shards (see ops/optim.py).
+parameters are stepped on their local shards (ops.optim.backend_for and LocalShardPlan).
 """
 
 from collections import defaultdict
@@ -125,14 +125,6 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
             tuple((id(g), id(g["params"]), len(g["params"]), tuple(keys(g))) for g in self.param_groups),
         )
 
-    def _group_backend(self, group, params):
-        """The concrete backend for these parameters (one device and dtype of ``group``)."""
-        if group.get("differentiable"):
-            return "reference"  # the update must build an autograd graph
-        if any(type(p) not in (torch.Tensor, torch.nn.Parameter) for p in params):
-            return "reference"  # tensor subclasses dispatch through their own ops; no raw pointer
-        return _backend.resolve(self._backend, params[0].device)
-
     def _build_plans(self):
         if not isinstance(self.state, defaultdict):
             self.state = defaultdict(dict, self.state)
@@ -156,12 +148,12 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
 
     def _build_plan(self, group, params, keys):
         try:
-            backend = self._group_backend(group, params)
+            backend = plans.backend_for(self._backend, params, bool(group.get("differentiable")))
         except RuntimeError as error:
             return plans.UnavailablePlan(error, params), params, None
         # Step counts sit where the kernels read them: on the device for Triton (as torch's
         # fused optimizers keep them), on the CPU otherwise (as torch's default ones do).
-        steps = self._new_steps(len(params), params[0].device if backend == "triton" else "cpu")
+        steps = self._new_steps(len(params), plans.device_of(params) if backend == "triton" else "cpu")
         return self._bind_plan(plans.make_plan(backend, self.spec, params, steps, len(keys)), params, steps, keys)
 
     def _build_repeated(self, group, params, keys):
@@ -241,6 +233,7 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
         # Check every gradient of every group before anything is changed.
         pending = self._scan_all()
         created = False
+        created_now = set()
         for group, plan, params, steps, need_state in pending:
             keys = spec.state_keys(group)
             for index in need_state:
@@ -248,6 +241,13 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
                     plan.bind(index, [], False)  # stateless (SGD without momentum): no state entry, as torch
                     continue
                 state = self.state[params[index]]
+                if id(params[index]) in created_now:
+                    # a repeated parameter, its state created this step by an earlier occurrence:
+                    # shared, and (as torch gathers SGD's buffers before the update) still fresh
+                    self._bind_existing(plan, steps, index, params[index], state, keys)
+                    plan.bind(index, [state[k] for k in keys], spec.counter == FIRST)
+                    continue
+                created_now.add(id(params[index]))
                 if steps is not None:
                     steps[index].fill_(0.0)
                     state["step"] = steps[index]

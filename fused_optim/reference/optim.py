@@ -47,7 +47,8 @@ def adam(param, grad, state, step, first, grad_factor, *, lr, beta1, beta2, eps,
     v.copy_(v * beta2 + ((1 - beta2) * g) * g)
     if amsgrad:
         v_max = _real(state[2])
-        v_max.copy_(torch.maximum(v_max, v))
+        # on clones: under autograd, the next step's in-place writes must not touch what this saved
+        v_max.copy_(torch.maximum(v_max.clone(), v.clone()))
         v = v_max
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
@@ -66,7 +67,7 @@ def sgd(param, grad, state, step, first, grad_factor, *, lr, momentum, dampening
     if momentum_on:
         buf = _real(state[0])
         if first:
-            buf.copy_(g)
+            buf.copy_(g.detach())  # torch starts the buffer from a detached clone of the gradient
         else:
             buf.copy_(buf * momentum + (1 - dampening) * g)
         g = g + momentum * buf if nesterov else buf
