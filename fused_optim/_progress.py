@@ -23,8 +23,9 @@ class Progress:
         self.unit = unit
         self.bar = None
 
-    def update(self, done, label):
-        """Show ``done`` of ``total`` finished, ``label`` running now."""
+    def update(self, done, label, detail=None):
+        """Show ``done`` of ``total`` finished, ``label`` running now; ``detail`` (a figure that changes every
+        update, such as the current loss) is shown on a terminal only."""
         elapsed = time.monotonic() - self.started
         if self.tty:
             if self.bar is None:
@@ -34,7 +35,8 @@ class Progress:
                 self.bar = tqdm(total=self.total, file=self.stream, unit=self.unit, ascii=".#", delay=1e9,
                                 bar_format="[{bar:%d}] {desc}" % self.WIDTH, leave=False)
             self.bar.n = min(done, self.total)
-            self.bar.set_description_str(f"{int(done)}/{self.total} {elapsed:5.0f}s {label}"[:90], refresh=False)
+            text = f"{int(done)}/{self.total} {elapsed:5.0f}s {label}" + (f" {detail}" if detail else "")
+            self.bar.set_description_str(text[:90], refresh=False)
             self.bar.refresh()
         elif label != self.last_label:
             current = min(int(done) + 1, self.total)

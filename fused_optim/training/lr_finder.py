@@ -43,9 +43,10 @@ def ema(values, smooth_f):
     return out
 
 
-def local_quadratic_trend(x, y, half_width):
-    """Value and slope at each ``x[i]`` of the least-squares parabola through the ``2 * half_width + 1``
-    points around ``i`` (the window slides inwards at the ends, so it always holds that many points)."""
+def local_fit(x, y, half_width, degree):
+    """Value and slope at each ``x[i]`` of the least-squares polynomial of ``degree`` through the
+    ``2 * half_width + 1`` points around ``i`` (the window slides inwards at the ends, so it always holds
+    that many points)."""
     import numpy as np
 
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
@@ -54,12 +55,12 @@ def local_quadratic_trend(x, y, half_width):
     values, slopes = np.empty(n), np.empty(n)
     for i in range(n):
         lo = min(max(i - half_width, 0), n - width)
-        dx = x[lo:lo + width] - x[i]
-        _, slopes[i], values[i] = np.polyfit(dx, y[lo:lo + width], 2)
+        coefficients = np.polyfit(x[lo:lo + width] - x[i], y[lo:lo + width], degree)
+        values[i], slopes[i] = coefficients[-1], coefficients[-2]
     return values, slopes
 
 
-def falling_stretch(values, lowest, share=0.1):
+def falling_stretch(values, lowest, share=0.25):
     """``(a, b)`` around the fall to ``values[lowest]``: ``a`` the last point before ``lowest`` still within
     ``share`` of the total drop (from the highest value before ``lowest``) of the top, ``b`` the first point
     after ``a`` within ``share`` of it of the bottom."""
@@ -102,10 +103,15 @@ class LRFinderResult:
         return cls(lrs, raw_losses, ema(raw_losses, smooth_f), smooth_f, step_mode, stop_reason,
                    len(lrs) if num_iter is None else num_iter)
 
+    def half_width(self):
+        """Points on each side of the fitting window: ``max(2, n // 12)`` (8 of a 100-point sweep, so the
+        window spans about 1.2 decades of a sweep from 1e-7 to 10)."""
+        return max(2, len(self.lrs) // 12)
+
     def trend(self):
-        """``(values, slopes)``: the fitted trend of ``raw_losses`` and its slope per decade of learning
-        rate (d loss / d log10 lr) at each recorded point; what the suggestions are read from. The window
-        holds ``2 * max(2, n // 20) + 1`` points (11 of a 100-point sweep, about a decade from 1e-7 to 10)."""
+        """``(values, slopes)`` at each recorded point: the trend of ``raw_losses`` (a local quadratic fit)
+        and its slope per decade of learning rate, d loss / d log10(lr) (a local linear fit, whose slope is
+        less noisy); what the suggestions are read from."""
         if len(self.lrs) < MIN_POINTS:
             raise ValueError(f"the range test recorded {len(self.lrs)} points; a suggestion needs at least "
                              f"{MIN_POINTS} (raise num_iter, or lower start_lr if the loss diverged at once)")
@@ -114,7 +120,10 @@ class LRFinderResult:
             # Losses far above the start (the explosion after divergence) are clipped to the start's
             # highest, so that the fit near the minimum follows the minimum, not the explosion.
             cap = max(self.raw_losses[: len(x) // 10 + 1])
-            self._trend = local_quadratic_trend(x, [min(v, cap) for v in self.raw_losses], max(2, len(x) // 20))
+            y = [min(v, cap) for v in self.raw_losses]
+            values, _ = local_fit(x, y, self.half_width(), 2)
+            _, slopes = local_fit(x, y, self.half_width(), 1)
+            self._trend = (values, slopes)
         return self._trend
 
     def _descent(self):
@@ -130,12 +139,13 @@ class LRFinderResult:
         """A suggested learning rate, as a float.
 
         - ``"valley"`` (default): the middle, in log10 of the learning rate, of the stretch over which the
-          trend falls from its highest value to its minimum, from where 10% of that drop is done to where
-          90% is: the middle of the region where training makes progress. Unlike a longest decreasing
+          trend falls from its highest value to its minimum, from where 25% of that drop is done to where
+          75% is: the middle of the region where training makes progress. Unlike a longest decreasing
           subsequence (fastai's valley) it is not drawn to small learning rates by a long flat start whose
           noise happens to drift downwards, and a flat bottom does not draw it to large ones.
-        - ``"steepest"``: where the trend falls fastest (the most negative slope), searched only up to the
-          trend's minimum, so a noisy tail after divergence cannot win.
+        - ``"steepest"``: where the trend falls fastest (the most negative slope), searched from the first
+          full fitting window up to the trend's minimum, so neither the noisy ends of the curve nor the
+          tail after divergence can win.
         - ``"minimum"``: a tenth of the learning rate at the trend's minimum (fastai's rule).
 
         ValueError when the curve has fewer than 5 points or never decreases.
@@ -146,7 +156,8 @@ class LRFinderResult:
         if method == "minimum":
             return self.lrs[lowest] / 10.0
         if method == "steepest":
-            return self.lrs[int(slopes[:lowest + 1].argmin())]
+            first = self.half_width() if lowest > self.half_width() else 0
+            return self.lrs[first + int(slopes[first:lowest + 1].argmin())]
         a, b = falling_stretch(values.tolist(), lowest)
         return 10.0 ** ((math.log10(self.lrs[a]) + math.log10(self.lrs[b])) / 2)
 
@@ -368,27 +379,30 @@ class LRFinder:
         their gradients accumulated (each loss divided by the count) before one step. ``val_loader``: record
         the mean validation loss after each step instead of the training loss (slower, less noisy).
         ``amp_dtype``: ``torch.bfloat16`` or ``torch.float16`` to run the forward under ``torch.autocast``
-        (float16 with a ``torch.amp.GradScaler``). ``progress``: show a progress bar on stderr.
+        (float16 with a ``torch.amp.GradScaler``). ``progress``: True (or a label to show) for a progress
+        bar on stderr.
         The loader is started again whenever it runs out.
         """
         self._check(train_loader, start_lr, end_lr, num_iter, step_mode, smooth_f, diverge_th, accumulation_steps,
                     val_loader, amp_dtype)
+        snapshot = _Snapshot(self.model, self.optimizer, self.cache_dir)  # before anything draws random numbers
         groups = self.optimizer.param_groups
         ratios = [float(g["lr"]) / float(groups[0]["lr"]) for g in groups]
         if step_mode == "exp":
             schedule = [start_lr * (end_lr / start_lr) ** (i / (num_iter - 1)) for i in range(num_iter)]
         else:
             schedule = [start_lr + (end_lr - start_lr) * i / (num_iter - 1) for i in range(num_iter)]
-        scaler = torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
-        batches = _Batches(train_loader, "train_loader")
-        bar = None
-        if progress:
-            from .._progress import Progress
-
-            bar = Progress(num_iter, unit="it")
         lrs, raw, smoothed, stop_reason, best = [], [], [], "completed", None
-        snapshot = _Snapshot(self.model, self.optimizer, self.cache_dir)
+        bar = None
         try:
+            scaler = torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
+            batches = _Batches(train_loader, "train_loader")
+            if progress:
+                from .._progress import Progress
+
+                label = progress if isinstance(progress, str) else "range test"
+                bar = Progress(num_iter, unit="it")
+                bar.update(0, label)
             self.model.train()
             for i, lr in enumerate(schedule):
                 for group, ratio in zip(groups, ratios):
@@ -407,7 +421,7 @@ class LRFinder:
                 raw.append(loss)
                 smoothed.append(value)
                 if bar is not None:
-                    bar.update(i + 1, f"lr {lr:.3g} loss {value:.4g}")
+                    bar.update(i + 1, label, f"lr {lr:.3g} loss {value:.4g}")
                 best = value if best is None else min(best, value)
                 if value > best + (diverge_th - 1) * abs(best):
                     stop_reason = "diverged"
