@@ -155,9 +155,12 @@ def _plot_lr_find(results, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, ax = plt.subplots(figsize=(7.5, 4.8))
+    figure, ax = plt.subplots(figsize=(8.5, 4.8))
     for name, result in results.items():
         result.plot(ax=ax, label=name if len(results) > 1 else None)
+    if len(results) > 1:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        title += "\ndots: loss per iteration; solid: trend, suggestions marked; dashed: smoothed (EMA)"
     ax.set_title(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, format="png", dpi=110)

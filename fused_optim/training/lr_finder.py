@@ -192,13 +192,17 @@ class LRFinderResult:
         figure = None
         if ax is None:
             figure, ax = plt.subplots(figsize=(6.4, 4.2))
-        name = f"{label}: " if label else ""
-        dots = ax.scatter(self.lrs, self.raw_losses, s=7, alpha=0.4, linewidths=0, label=f"{name}loss per iteration")
+        # With a label (several results on one axes) the legend names each result once: its trend line
+        # and its suggestions; the dots and dashed lines are the same kinds as on a single plot.
+        name = f"{label} " if label else ""
+        dots = ax.scatter(self.lrs, self.raw_losses, s=7, alpha=0.4, linewidths=0,
+                          label="_nolegend_" if label else "loss per iteration")
         color = dots.get_facecolor()[0][:3]
         if len(self.lrs) >= MIN_POINTS:
             values, _ = self.trend()
-            ax.plot(self.lrs, values, color=color, label=f"{name}trend (suggestions read here)")
-        ax.plot(self.lrs, self.losses, "--", color=color, linewidth=0.8, alpha=0.7, label=f"{name}smoothed (smooth_f={self.smooth_f:g})")
+            ax.plot(self.lrs, values, color=color, label=label or "trend (suggestions read here)")
+        ax.plot(self.lrs, self.losses, "--", color=color, linewidth=0.8, alpha=0.7,
+                label="_nolegend_" if label else f"smoothed (smooth_f={self.smooth_f:g})")
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss")
