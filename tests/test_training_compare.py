@@ -182,24 +182,24 @@ def run(capsys, *argv):
 
 def test_lr_find_command(capsys, tmp_path):
     pytest.importorskip("matplotlib")
-    code, out, err = run(capsys, "lr-find", "--optimizers", "adam,rmsprop", "--num-iter", "12", "--train-size", "128",
+    code, out, err = run(capsys, "lr-find", "--optimizers", "adam,rmsprop", "--num-iter", "8", "--train-size", "64",
                          "--json", str(tmp_path / "l.json"), "--plot", str(tmp_path / "l.png"))
     assert code == 0, err
     document = json.loads((tmp_path / "l.json").read_text())
     assert document["schema"] == "fused_optim.lr-find/1" and list(document["results"]) == ["adam", "rmsprop"]
     for result in document["results"].values():
-        assert len(result["lrs"]) == len(result["losses"]) == len(result["raw_losses"]) <= 12
+        assert len(result["lrs"]) == len(result["losses"]) == len(result["raw_losses"]) <= 8
         assert set(result["suggestions"]) == {"valley", "steepest", "minimum"}
-    assert document["settings"]["num_iter"] == 12 and document["settings"]["model"] == "mlp"
+    assert document["settings"]["num_iter"] == 8 and document["settings"]["model"] == "mlp"
     assert "valley" in out and "adam" in out and "fused_optim.optim.adam.Adam" in out
-    assert "[1/12" in err and "\r" not in err  # progress on a pipe: plain lines
+    assert "[1/8" in err and "\r" not in err  # progress on a pipe: plain lines
     assert png_size(tmp_path / "l.png")[0] > 500
 
 
 def test_compare_command(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     code, out, err = run(capsys, "compare", "--model", "cnn", "--optimizers", "sgd,adam", "--epochs", "2",
-                         "--train-size", "96", "--implementation", "torch", "--json", str(tmp_path / "c.json"),
+                         "--train-size", "64", "--implementation", "torch", "--json", str(tmp_path / "c.json"),
                          "--plot", str(tmp_path / "c.png"))
     assert code == 0, err
     document = json.loads((tmp_path / "c.json").read_text())

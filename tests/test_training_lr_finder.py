@@ -104,13 +104,13 @@ def test_digits_suggestion_trains_to_90_percent():
     model = _digits.mlp()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     finder = LRFinder(model, fo.Adam(model.parameters(), lr=1e-3), CE)
-    result = finder.range_test(train, num_iter=60)
+    result = finder.range_test(train, num_iter=50)
     lr = result.suggestion()
     assert 1e-4 < lr < 0.3, result.suggestions()
     assert all(torch.equal(v, initial[k]) for k, v in model.state_dict().items())
 
     optimizer = fo.Adam(model.parameters(), lr=lr)
-    for _ in range(4):
+    for _ in range(3):
         for x, y in train:
             optimizer.zero_grad()
             CE(model(x), y).backward()
@@ -213,7 +213,7 @@ def test_restoration_is_bit_exact(where, make_optimizer, tmp_path):
     torch.manual_seed(0)
     model = _digits.cnn(channels=4)
     (x, y), _ = _digits.digits_tensors(image=True)
-    train = loader(x[:256], y[:256], 32, shuffle=True)
+    train = loader(x[:128], y[:128], 32, shuffle=True)
     optimizer = make_optimizer(model.parameters())
     for xb, yb in list(train)[:2]:  # some optimizer state, running statistics and gradients to restore
         optimizer.zero_grad()
@@ -224,7 +224,7 @@ def test_restoration_is_bit_exact(where, make_optimizer, tmp_path):
     torch_rng, python_rng, numpy_rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
     cache_dir = str(tmp_path) if where == "cache_dir" else None
 
-    result = LRFinder(model, optimizer, CE, cache_dir=cache_dir).range_test(train, start_lr=1e-4, end_lr=1.0, num_iter=12)
+    result = LRFinder(model, optimizer, CE, cache_dir=cache_dir).range_test(train, start_lr=1e-4, end_lr=1.0, num_iter=6)
 
     assert len(result.lrs) >= 2
     assert_same_state(state_of(model, optimizer), before)
