@@ -97,7 +97,7 @@ def build_parser():
 
     parser = argparse.ArgumentParser(
         prog="fused-optim",
-        description="Benchmark, check and describe fused_optim on this machine.",
+        description="Benchmark, check and describe fused_optim on this machine; find learning rates and compare optimizers.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
