@@ -14,7 +14,7 @@ The suggestions are read from a trend fitted to the raw losses, not from the exp
 curve that is plotted and used for the divergence test: an exponential moving average lags behind the
 curve it smooths (with ``smooth_f=0.05`` by about 20 iterations, more than a decade of learning rate on a
 100-iteration sweep from 1e-7 to 10), which moves every point read from it to larger learning rates. The
-trend is a local quadratic fit over a window of neighbouring points (in log10 of the learning rate); it
+trend is a local polynomial fit over a window of neighbouring points (in log10 of the learning rate); it
 has no lag, averages the batch-to-batch noise away, and gives the slope directly.
 """
 
@@ -61,9 +61,12 @@ def local_fit(x, y, half_width, degree):
 
 
 def falling_stretch(values, lowest, share=0.25):
-    """``(a, b)`` around the fall to ``values[lowest]``: ``a`` the last point before ``lowest`` still within
-    ``share`` of the total drop (from the highest value before ``lowest``) of the top, ``b`` the first point
-    after ``a`` within ``share`` of it of the bottom."""
+    """``(a, b)``: where the fall to the minimum ``values[lowest]`` is ``share`` done and ``1 - share`` done.
+
+    The fall is measured from the highest value before ``lowest``: ``a`` is the last point before
+    ``lowest`` that is still less than ``share`` of the way down, ``b`` the first point after ``a`` that
+    is more than ``1 - share`` of the way down.
+    """
     top, bottom = max(values[: lowest + 1]), values[lowest]
     drop = top - bottom
     a = max(i for i in range(lowest + 1) if values[i] >= top - share * drop)
@@ -144,8 +147,8 @@ class LRFinderResult:
           subsequence (fastai's valley) it is not drawn to small learning rates by a long flat start whose
           noise happens to drift downwards, and a flat bottom does not draw it to large ones.
         - ``"steepest"``: where the trend falls fastest (the most negative slope), searched from the first
-          full fitting window up to the trend's minimum, so neither the noisy ends of the curve nor the
-          tail after divergence can win.
+          point whose fitting window is centred on it up to the trend's minimum, so neither the noisier
+          slopes at the start of the curve nor the tail after divergence can win.
         - ``"minimum"``: a tenth of the learning rate at the trend's minimum (fastai's rule).
 
         ValueError when the curve has fewer than 5 points or never decreases.
