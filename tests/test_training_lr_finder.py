@@ -210,20 +210,29 @@ def assert_same_state(a, b):
     lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9),
 ], ids=["fused-adam", "torch-sgd"])
 def test_restoration_is_bit_exact(where, make_optimizer, tmp_path):
-    torch.manual_seed(0)
-    model = _digits.cnn(channels=4)
     (x, y), _ = _digits.digits_tensors(image=True)
-    train = loader(x[:128], y[:128], 32, shuffle=True)
-    optimizer = make_optimizer(model.parameters())
-    for xb, yb in list(train)[:2]:  # some optimizer state, running statistics and gradients to restore
-        optimizer.zero_grad()
-        CE(model(xb), yb).backward()
-        optimizer.step()
-    model[1].eval()  # a module in eval mode stays in eval mode
+
+    def trained():
+        """A CNN with BatchNorm after two steps: optimizer state, running statistics and gradients to restore."""
+        torch.manual_seed(0)
+        model = _digits.cnn(channels=4)
+        optimizer = make_optimizer(model.parameters())
+        for start in (0, 32):
+            optimizer.zero_grad()
+            CE(model(x[start:start + 32]), y[start:start + 32]).backward()
+            optimizer.step()
+        model[1].eval()  # a module in eval mode stays in eval mode
+        return model, optimizer
+
+    model, optimizer = trained()
+    twin, twin_optimizer = trained()
     before = state_of(model, optimizer)
+    assert_same_state(state_of(twin, twin_optimizer), before)
+    torch.manual_seed(5)
     torch_rng, python_rng, numpy_rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
     cache_dir = str(tmp_path) if where == "cache_dir" else None
 
+    train = loader(x[:128], y[:128], 32, shuffle=True)
     result = LRFinder(model, optimizer, CE, cache_dir=cache_dir).range_test(train, start_lr=1e-4, end_lr=1.0, num_iter=6)
 
     assert len(result.lrs) >= 2
@@ -232,8 +241,12 @@ def test_restoration_is_bit_exact(where, make_optimizer, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), numpy_rng))
     if cache_dir:
         assert os.listdir(cache_dir) == []  # the saved state is deleted after the restore
-    # The restored optimizer goes on exactly as an untouched copy would.
-    assert optimizer.param_groups[0]["lr"] == before["optimizer"]["param_groups"][0]["lr"]
+    # The restored pair goes on exactly as the untouched twin does.
+    for pair in ((model, optimizer), (twin, twin_optimizer)):
+        pair[1].zero_grad()
+        CE(pair[0](x[64:96]), y[64:96]).backward()
+        pair[1].step()
+    assert_same_state(state_of(model, optimizer), state_of(twin, twin_optimizer))
 
 
 def test_restored_after_an_error_in_the_middle():
