@@ -219,6 +219,10 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
             self._plans_key = self._structure_key()
         return self._plans
 
+    # Under torch.compile the step runs as it is, eagerly, outside the graph (the kernels are the
+    # fused form already): dynamo does not trace into it. torch.optim marks zero_grad the same way,
+    # so this adds no import to a training loop.
+    @torch._disable_dynamo
     def step(self, closure=None):
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
