@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._layout import flat_views, real, write_back
+from .._layout import LaunchRow, flat_views, real, write_back
 from .common import TL_DTYPES, ChunkTable, div_rn, to_storage, upload
 
 BLOCK = 1024
@@ -180,14 +180,14 @@ def norm_partials(tensor_list, partials, norm_type):
 
 
 def optimizer_grad_partials(rows, dtype, device, norm_type):
-    """Power sums, per chunk, of the gradients in an optimizer plan's launch rows (8 int64 words
-    per tensor, the gradient's address at word 1 and the element count at word 5)."""
-    chunks = _chunks.get(rows[:, 5].tolist(), device)
+    """Power sums, per chunk, of the gradients in an optimizer plan's launch rows (LaunchRow)."""
+    chunks = _chunks.get(rows[:, LaunchRow.NUMEL].tolist(), device)
     partials = torch.zeros(max(chunks.shape[0], 1), dtype=torch.float64, device=device)
     if chunks.shape[0]:
         norm_partials_kernel[(chunks.shape[0],)](
             upload(rows.reshape(-1), device), chunks, partials, float(norm_type), P=TL_DTYPES[dtype],
-            ACC=compute_dtype(dtype), KIND=norm_kind(norm_type), ROW=8, PTR=1, NUMEL=5, BLOCK=BLOCK, CHUNK=CHUNK,
+            ACC=compute_dtype(dtype), KIND=norm_kind(norm_type), ROW=LaunchRow.WORDS, PTR=LaunchRow.GRAD, NUMEL=LaunchRow.NUMEL,
+            BLOCK=BLOCK, CHUNK=CHUNK,
         )
     return partials
 
