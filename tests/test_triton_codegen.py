@@ -63,10 +63,10 @@ KERNELS = {
     "batch_norm.batch_norm_grad_sums_kernel": KernelSpec(("dy_ptr", "x_ptr")),
     "batch_norm.batch_norm_grad_combine_kernel": KernelSpec(()),
     "batch_norm.batch_norm_dx_kernel": KernelSpec(("dy_ptr", "x_ptr", "dx_ptr")),
-    "clip.norm_partials_kernel": KernelSpec(("x_ptr",), masked_tail=True),
+    "clip.norm_partials_kernel": KernelSpec(("*table",), masked_tail=True),
     "clip.norm_finalize_kernel": KernelSpec(()),
-    "clip.scale_kernel": KernelSpec(("x_ptr",), masked_tail=True),
-    "clip.clamp_kernel": KernelSpec(("x_ptr",), masked_tail=True),
+    "clip.scale_kernel": KernelSpec(("*table",), masked_tail=True),
+    "clip.clamp_kernel": KernelSpec(("*table",), masked_tail=True),
 }
 
 
