@@ -23,6 +23,9 @@ MAX_TILE_COLUMNS = 8192
 # The backward's single tile holds more per column (x-hat, the weighted dy, two running sums):
 # wider than this many bytes of compute dtype per row, ptxas spills at the warps the tile gets.
 BACKWARD_MAX_TILE_BYTES = 4096 * 4
+# Warps of the backward's loop over a wide row: 8 values of each of its LOOP_COLUMNS-wide arrays per
+# thread, which stay in registers.
+BACKWARD_LOOP_WARPS = 8
 # Columns per iteration of the loop over a wide row.
 LOOP_COLUMNS = 2048
 # Elements per program tile: short rows are grouped up to this many elements per program.
@@ -267,7 +270,8 @@ def layer_norm_backward(dy, x, weight, mean, rstd, need_dx, need_dweight, need_d
         dy, x, _dummy(x, weight), mean, rstd, _dummy(x, dx), partials, m, n, rows_per_program,
         HAS_WEIGHT=weight is not None, NEED_DX=need_dx, NEED_PARTIALS=need_partials, ROWS=rows, BLOCK=block,
         SINGLE_TILE=single, C=tl_compute, X=TL_DTYPES[x.dtype],
-        ALIGNED=is_aligned([dy, x, weight, dx, partials], [n], vector_width(x.dtype)), num_warps=_warps(rows * block),
+        ALIGNED=is_aligned([dy, x, weight, dx, partials], [n], vector_width(x.dtype)),
+        num_warps=_warps(rows * block) if single else BACKWARD_LOOP_WARPS,
     )
     if not need_partials:
         return dx, None, None
