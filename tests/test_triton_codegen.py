@@ -15,7 +15,8 @@ compiled ahead of time with ``triton.compile(ASTSource(...), target=GPUTarget("c
   them) is 128 bits wide: ld.global.v4.b32 / v2.b64 (8 bfloat16 or float16, 4 float32, 2 float64
   per access). Kernels with a masked tail (clipping's last chunk of each tensor) may keep scalar
   accesses under a predicate; their unpredicated accesses, the full-chunk path, must be 128-bit;
-- no 32-bit integer multiply in the kernel (an element index that could pass 2^31 would wrap).
+- no 32-bit integer multiply in the kernel (an element index that could pass 2^31 would wrap);
+- every float scalar argument is typed float64 (eps, momentum and p exact for float64 tensors).
 
 The compile runs in a subprocess: the test process runs Triton under TRITON_INTERPRET=1, where
 kernels cannot be compiled. By default a representative subset of the rows runs (1.5 minutes on 2 cores);
@@ -302,8 +303,10 @@ def compile_all(select):
                     )
                 aligned = kwargs.get("ALIGNED", False)
                 dtype = next(str(v).removeprefix("*") for v in signature.values() if str(v).startswith("*"))
+                narrow_floats = [name for name, kind in signature.items() if kind in ("fp32", "fp16", "bf16")]
                 results.append(dict(row=row, arch=arch, kernel=key, aligned=bool(aligned), dtype=dtype,
-                                    num_warps=options.get("num_warps", 4), **cache[cache_key]))
+                                    num_warps=options.get("num_warps", 4), narrow_floats=narrow_floats,
+                                    **cache[cache_key]))
     return results
 
 
@@ -370,6 +373,13 @@ def test_aligned_variants_move_128_bits(compiled):
         narrow = [a for a in accesses if a[1] != 128 and not (spec.masked_tail and a[2])]
         if narrow:
             bad.append(f"{_describe(r)}: {len(narrow)} narrower accesses, e.g. {narrow[:3]}")
+    assert not bad, "\n".join(bad)
+
+
+def test_float_arguments_are_float64(compiled):
+    """A Python float argument is typed float32 by the JIT unless the kernel declares it: eps,
+    momentum and p must reach float64 kernels exactly."""
+    bad = [f"{_describe(r)}: {r['narrow_floats']}" for r in compiled if r["narrow_floats"]]
     assert not bad, "\n".join(bad)
 
 
