@@ -389,12 +389,13 @@ def test_no_32_bit_index_products(compiled):
 
 
 def _table(results):
-    lines = ["| configuration | kernel | sm | warps | aligned | registers | spills (B) | 128-bit / all streamed accesses |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | kernel | sm | warps | aligned | registers | spills (B) "
+             "| 128-bit / all streamed accesses |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         wide = sum(bits == 128 for _, bits, _ in r["accesses"])
         lines.append(f"| {r['row']} | {r['kernel'].split('.')[1]} | {r['arch']} | {r['num_warps']} | "
-                     f"{'yes' if r['aligned'] else 'no'} | {r['regs']} | {r['spills']} | {wide} / {len(r['accesses'])} |")
+                     f"{'yes' if r['aligned'] else 'no'} | {r['regs']} | {r['spills']} "
+                     f"| {wide} / {len(r['accesses'])} |")
     return "\n".join(lines)
 
 

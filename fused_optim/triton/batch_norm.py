@@ -77,7 +77,8 @@ def batch_norm_moments_kernel(x_ptr, mean_ptr, m2_ptr, C, S, M, split_size, CHAN
                               BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr,
                               ALIGNED: tl.constexpr = False):
     """Mean and M2 of each channel's values m in this program's split, into mean_ptr/m2_ptr[split, channel]."""
-    C, S, M, split_size = _aligned(C, S, M, split_size, CHANNELS_LAST, ALIGNED, x_ptr.dtype.element_ty.primitive_bitwidth)
+    C, S, M, split_size = _aligned(C, S, M, split_size, CHANNELS_LAST, ALIGNED,
+                                   x_ptr.dtype.element_ty.primitive_bitwidth)
     chans, chan_mask = _channel_block(C, BLOCK_C)
     split = tl.program_id(1).to(tl.int64)
     m_start = split * split_size
@@ -188,7 +189,8 @@ def batch_norm_grad_sums_kernel(dy_ptr, x_ptr, mean_ptr, sum_dy_ptr, sum_dy_xmu_
                                 CHANNELS_LAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                                 CT: tl.constexpr, ALIGNED: tl.constexpr = False):
     """Sums of dy and dy * (x - mean) per channel over this program's split, into [split, channel]."""
-    C, S, M, split_size = _aligned(C, S, M, split_size, CHANNELS_LAST, ALIGNED, x_ptr.dtype.element_ty.primitive_bitwidth)
+    C, S, M, split_size = _aligned(C, S, M, split_size, CHANNELS_LAST, ALIGNED,
+                                   x_ptr.dtype.element_ty.primitive_bitwidth)
     chans, chan_mask = _channel_block(C, BLOCK_C)
     mean = tl.load(mean_ptr + chans, mask=chan_mask, other=0.0)
     split = tl.program_id(1).to(tl.int64)

@@ -1,8 +1,9 @@
 """LayerNorm forward and backward over contiguous rows (M, N).
 
 Forward: a row that fits in MAX_TILE_COLUMNS (backward: BACKWARD_MAX_TILE_BYTES) is held in
-registers, several short rows per program; a longer row is looped over in LOOP_COLUMNS chunks whose moments are merged with Chan's
-formula, then normalized in a second loop. No row is too long, and no column is skipped.
+registers, several short rows per program; a longer row is looped over in LOOP_COLUMNS chunks
+whose moments are merged with Chan's formula, then normalized in a second loop. No row is too
+long, and no column is skipped.
 
 Backward: each of a fixed number of programs takes a contiguous run of rows, writes their dx,
 and sums dy * xhat and dy over its rows into its own row of a float32 partials buffer; a second
