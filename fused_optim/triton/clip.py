@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from .._layout import flat_views, real, write_back
-from .common import TL_DTYPES, VECTOR_BYTES, ChunkTable, div_rn, multiple_of, scalar, to_storage, upload
+from .common import TL_DTYPES, VECTOR_BYTES, ChunkTable, div_rn, scalar, to_storage, upload
 
 BLOCK = 1024
 CHUNK = 8 * BLOCK
@@ -37,16 +37,12 @@ def _program_chunk(table, chunks, P: tl.constexpr, ROW: tl.constexpr, PTR: tl.co
     """(pointer to the tensor, first element, element count, whether the chunk is whole and aligned)
     of this program's chunk. The table has ROW int64 words per tensor, the data address at word PTR
     and the element count at NUMEL. ALIGNED: the launcher has checked every address is 16-byte
-    aligned; with the chunk start (a multiple of CHUNK) its divisibility is made visible, so whole
-    chunks move in 128-bit accesses."""
+    aligned, so whole chunks may take the unmasked path of 128-bit accesses (_whole_block)."""
     pid = tl.program_id(0).to(tl.int64)
     t = tl.load(chunks + 2 * pid)
     address = tl.load(table + ROW * t + PTR)
     start = tl.load(chunks + 2 * pid + 1)
     n = tl.load(table + ROW * t + NUMEL)
-    if ALIGNED:
-        address = multiple_of(address, 16)
-        start = multiple_of(start, CHUNK)
     whole = False
     if ALIGNED:
         whole = start + CHUNK <= n
