@@ -40,5 +40,3 @@ def adagrad_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
         param = param + div_rn(neg_clr * grad, sqrt_rn(total) + eps)
         tl.store(p_ptr + offs, to_storage(param, P), mask=mask)
 
-
-KERNEL = adagrad_kernel

@@ -63,5 +63,3 @@ def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl
         tl.store(v_ptr + offs, v.to(S), mask=mask)
         tl.store(p_ptr + offs, to_storage(param, P), mask=mask)
 
-
-KERNEL = adam_kernel

@@ -1,6 +1,6 @@
 """The shared Triton launcher of the multi-tensor optimizers: every tensor of a (param group,
 device, dtype) in one launch. Each optimizer contributes only its kernel body
-(fused_optim/triton/<name>.py, exported as ``KERNEL``), written with the helpers below.
+(``<name>_kernel`` in fused_optim/triton/<name>.py), written with the helpers below.
 
 The launcher packs one int64 table per step: HEADER words of the group's kernel scalars (float64
 bits, so the bias corrections see the exact float64 betas), then the plan's launch rows
@@ -27,6 +27,11 @@ from .common import TL_DTYPES, ChunkTable, float64_bits, upload
 
 BLOCK = 1024
 CHUNK = 4 * BLOCK
+# Warps per program: each thread then holds 128 bits of every 16-bit stream (4 warps: 8 elements per
+# thread and iteration) or of every 32/64-bit stream (8 warps: 4 elements); at 4 warps the widest
+# float32/float64 kernels (centered RMSprop with momentum, float64 SGD) spill registers.
+def num_warps(param_dtype):
+    return 4 if param_dtype in (torch.float16, torch.bfloat16) else 8
 HEADER = MAX_KERNEL_SCALARS
 
 # The launch-row layout as constexprs (one definition: fused_optim._layout.LaunchRow).
@@ -163,7 +168,8 @@ def launch(kernel, rows, param_dtype, device, scalars, flags, grad_factor=None, 
     skip = found_inf if found_inf is not None else table
     for chunks, full in zip(chunk_tables(rows, device), (True, False)):
         if chunks.shape[0] > 0:
-            kernel[(chunks.shape[0],)](table, chunks, factor, skip, FULL=full, ALIGNED=full, **constants)
+            kernel[(chunks.shape[0],)](table, chunks, factor, skip, FULL=full, ALIGNED=full,
+                                       num_warps=num_warps(param_dtype), **constants)
     if advance is not None:
         advance_counters_kernel[(rows.shape[0],)](table, skip, ADD=advance == "step", HAS_FOUND_INF=found_inf is not None)
 

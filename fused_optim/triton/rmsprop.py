@@ -60,5 +60,3 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
             param = param + div_rn(neg_lr * grad, avg)
         tl.store(p_ptr + offs, to_storage(param, P), mask=mask)
 
-
-KERNEL = rmsprop_kernel

@@ -43,5 +43,3 @@ def sgd_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.
                 grad = buf
         tl.store(p_ptr + offs, to_storage(param + neg_lr * grad, P), mask=mask)
 
-
-KERNEL = sgd_kernel
