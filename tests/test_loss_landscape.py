@@ -94,6 +94,14 @@ def make_model_like(model, state):
     return copy
 
 
+def test_progress_bar(capsys):
+    model, data = trained(0), loader(1)
+    loss_landscape(model, torch.nn.functional.cross_entropy, data, steps=(2, 2), progress=True)
+    assert "loss landscape" in capsys.readouterr().err
+    loss_landscape(model, torch.nn.functional.cross_entropy, data, steps=(2, 2))
+    assert "loss landscape" not in capsys.readouterr().err  # short grids: no bar unless asked
+
+
 def test_layer_and_no_normalization_and_errors():
     model, data = trained(0), loader(1)
     ignore_none = loss_landscape(model, torch.nn.functional.cross_entropy, data, steps=(1, 1), normalize="layer",

@@ -1,0 +1,93 @@
+"""What TrainingMonitor (every=1) adds to a training step of a small CNN on the CPU.
+
+Two copies of the same model and optimizer (fused_optim SGD with momentum) train on the same
+batch, one with the monitor recording every step (gradient norm, weight norm, update ratio, lr,
+the loss as a tensor) and one without. In one process, blocks of ``--block`` steps of each are
+run in turn (alternating which goes first) after a warm-up; the overhead is the median over the
+repeats of (monitored block time / plain block time) - 1, and the step times are medians too.
+
+    PYTHONPATH=. python benchmarks/monitor_overhead.py [--repeats 30] [--block 10] [--threads N]
+"""
+
+import argparse
+import copy
+import datetime
+import os
+import statistics
+import time
+
+import torch
+
+import fused_optim as fo
+from fused_optim.training import TrainingMonitor
+
+
+def cnn(size):
+    flat = 32 * ((size - 4) // 2) ** 2
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3), torch.nn.ReLU(),
+                               torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(flat, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 10))
+
+
+def trainer(model, monitor_args):
+    opt = fo.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    monitor = TrainingMonitor(model, opt, **monitor_args) if monitor_args is not None else None
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if monitor is not None:
+            monitor.step(loss)
+        opt.step()
+
+    return step, monitor
+
+
+def measure(size, batch, repeats, block, monitor_args):
+    torch.manual_seed(0)
+    base = cnn(size)
+    plain, _ = trainer(copy.deepcopy(base), None)
+    monitored, monitor = trainer(copy.deepcopy(base), monitor_args)
+    x, y = torch.randn(batch, 1, size, size), torch.randint(0, 10, (batch,))
+
+    def timed(step):
+        start = time.perf_counter()
+        for _ in range(block):
+            step(x, y)
+        return (time.perf_counter() - start) / block
+
+    for _ in range(3):
+        timed(plain), timed(monitored)
+    ratios, plain_times, monitored_times = [], [], []
+    for r in range(repeats):
+        if r % 2:
+            m, p = timed(monitored), timed(plain)
+        else:
+            p, m = timed(plain), timed(monitored)
+        ratios.append(m / p)
+        plain_times.append(p)
+        monitored_times.append(m)
+    assert len(monitor.history["grad_norm"]) == (3 + repeats) * block  # every step was recorded
+    return statistics.median(plain_times), statistics.median(monitored_times), statistics.median(ratios)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--block", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load average {' '.join('%.2f' % v for v in os.getloadavg())}")
+    print(f"{'input':>14} {'monitor':>22} {'plain step':>11} {'monitored':>10} {'overhead':>9}")
+    for size, batch in ((28, 32), (8, 64)):
+        for label, monitor_args in (("every=1", {"every": 1}), ("every=1, per_layer", {"every": 1, "per_layer": True})):
+            p, m, ratio = measure(size, batch, args.repeats, args.block, monitor_args)
+            print(f"{batch:>4}x1x{size}x{size:<4} {label:>22} {p * 1e3:>9.3f}ms {m * 1e3:>8.3f}ms {100 * (ratio - 1):>8.1f}%")
+
+
+if __name__ == "__main__":
+    main()
