@@ -8,6 +8,15 @@ import fused_optim as fo
 from fused_optim.training import interpolate, loss_landscape
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread keeps them fast on a shared machine (no OpenMP oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_model(seed=0):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), fo.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Dropout(0.5),
