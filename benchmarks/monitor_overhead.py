@@ -5,8 +5,10 @@ batch, one with the monitor recording every step (gradient norm, weight norm, up
 the loss as a tensor) and one without. In one process, blocks of ``--block`` steps of each are
 run in turn (alternating which goes first) after a warm-up; the overhead is the median over the
 repeats of (monitored block time / plain block time) - 1, and the step times are medians too.
+Times are the process's CPU time (``time.process_time``), which other processes on a busy machine
+inflate far less than wall-clock time; ``--clock wall`` times wall-clock instead.
 
-    PYTHONPATH=. python benchmarks/monitor_overhead.py [--repeats 30] [--block 10] [--threads N]
+    PYTHONPATH=. python benchmarks/monitor_overhead.py [--repeats 30] [--block 10] [--threads N] [--clock cpu|wall]
 """
 
 import argparse
@@ -44,7 +46,7 @@ def trainer(model, monitor_args):
     return step, monitor
 
 
-def measure(size, batch, repeats, block, monitor_args):
+def measure(size, batch, repeats, block, monitor_args, clock):
     torch.manual_seed(0)
     base = cnn(size)
     plain, _ = trainer(copy.deepcopy(base), None)
@@ -52,10 +54,10 @@ def measure(size, batch, repeats, block, monitor_args):
     x, y = torch.randn(batch, 1, size, size), torch.randint(0, 10, (batch,))
 
     def timed(step):
-        start = time.perf_counter()
+        start = clock()
         for _ in range(block):
             step(x, y)
-        return (time.perf_counter() - start) / block
+        return (clock() - start) / block
 
     for _ in range(3):
         timed(plain), timed(monitored)
@@ -69,6 +71,7 @@ def measure(size, batch, repeats, block, monitor_args):
         plain_times.append(p)
         monitored_times.append(m)
     assert len(monitor.history["grad_norm"]) == (3 + repeats) * block  # every step was recorded
+    assert monitor.update_ratio == all(v > 0 for v in monitor.history["update_ratio"])
     return statistics.median(plain_times), statistics.median(monitored_times), statistics.median(ratios)
 
 
@@ -77,16 +80,19 @@ def main():
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average {' '.join('%.2f' % v for v in os.getloadavg())}")
-    print(f"{'input':>14} {'monitor':>22} {'plain step':>11} {'monitored':>10} {'overhead':>9}")
+          f"{torch.get_num_threads()} threads, {args.clock} time, load average {' '.join('%.2f' % v for v in os.getloadavg())}")
+    print(f"{'input':>14} {'monitor':>28} {'plain step':>11} {'monitored':>10} {'overhead':>9}")
     for size, batch in ((28, 32), (8, 64)):
-        for label, monitor_args in (("every=1", {"every": 1}), ("every=1, per_layer", {"every": 1, "per_layer": True})):
-            p, m, ratio = measure(size, batch, args.repeats, args.block, monitor_args)
-            print(f"{batch:>4}x1x{size}x{size:<4} {label:>22} {p * 1e3:>9.3f}ms {m * 1e3:>8.3f}ms {100 * (ratio - 1):>8.1f}%")
+        for label, monitor_args in (("every=1", {"every": 1}), ("every=1, update_ratio=False", {"update_ratio": False}),
+                                    ("every=1, per_layer", {"every": 1, "per_layer": True})):
+            p, m, ratio = measure(size, batch, args.repeats, args.block, monitor_args, clock)
+            print(f"{batch:>4}x1x{size}x{size:<4} {label:>28} {p * 1e3:>9.3f}ms {m * 1e3:>8.3f}ms {100 * (ratio - 1):>8.1f}%")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ def test_scaler_and_errors():
             GradientAccumulator(model, opt, bad)
     with pytest.raises(ValueError, match="max_grad_norm"):
         GradientAccumulator(model, opt, 2, max_grad_norm=-1.0)
+    with pytest.raises(ValueError, match="backend"):
+        GradientAccumulator(model, opt, 2, backend="fast")
 
 
 def _free_port():

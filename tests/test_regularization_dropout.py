@@ -66,6 +66,8 @@ def test_regularized_loss_exclude_and_errors():
     for bad in ({"l1": -1.0}, {"l2": math.nan}, {"l1": True}):
         with pytest.raises(ValueError):
             RegularizedLoss(torch.nn.MSELoss(), model, **bad)
+    with pytest.raises(ValueError, match="backend"):
+        RegularizedLoss(torch.nn.MSELoss(), model, l1=1.0, backend="fast")
     with pytest.raises(TypeError, match="exclude"):
         RegularizedLoss(torch.nn.MSELoss(), model, l1=1.0, exclude=("bias", 3))
 

@@ -143,6 +143,10 @@ def test_every_groups_and_no_optimizer():
     h = monitor.history
     assert h["update_ratio"] == pytest.approx([e[3] for e in expected], rel=1e-5)
     assert all(math.isnan(v) for v in h["lr"])
+    monitor, expected = run_net({"update_ratio": False}, steps=3)
+    h = monitor.history
+    assert monitor._snapshot is None and all(math.isnan(v) for v in h["update_ratio"])
+    assert h["grad_norm"] == pytest.approx([e[1] for e in expected], rel=1e-6)
 
 
 def test_no_host_sync_between_syncs(monkeypatch):
@@ -273,6 +277,8 @@ def test_files_and_arguments(tmp_path):
         TrainingMonitor(torch.nn.Linear(2, 2), thresholds={"exploding_ratio": 3})
     with pytest.raises(RuntimeError, match="optimizer"):
         TrainingMonitor(torch.nn.Linear(2, 2)).attach()
+    with pytest.raises(ValueError, match="backend"):
+        TrainingMonitor(torch.nn.Linear(2, 2), backend="fast")
     with pytest.raises(TypeError):
         monitor.detect_issues(no_such_threshold=1)
     assert Thresholds().exploding_ratio == 100.0

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from .. import _backend
 from ..nn.clip_grad import clip_grad_norm_
 
 
@@ -35,6 +36,8 @@ class GradientAccumulator:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
         if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be None or a positive finite number, got {max_grad_norm!r}")
+        if backend is not None:
+            _backend.validate_name(backend)
         self.model, self.optimizer, self.steps = model, optimizer, steps
         self.max_grad_norm, self.scaler, self.backend = max_grad_norm, scaler, backend
         self.micro_batches = 0  # accumulated since the last optimizer step

@@ -16,6 +16,7 @@ import statistics
 
 import torch
 
+from .. import _backend
 from ..ops import clip as ops
 
 STEP_KEYS = ("grad_norm", "weight_norm", "update_ratio", "lr")
@@ -83,16 +84,19 @@ class TrainingMonitor:
     learning rates are read from its groups; without one the update is measured at the next
     ``step()`` call or when the history is read, whichever comes first. ``attach()`` makes the
     optimizer call ``step()`` itself (a step pre-hook). Measuring the update keeps one copy of the
-    trainable parameters.
+    trainable parameters and costs a copy and a difference of them per recorded step;
+    ``update_ratio=False`` saves both (history["update_ratio"] is then NaN).
 
-    ``backend`` chooses fused_optim's backend for the norms (see fused_optim.ops).
+    ``backend`` chooses fused_optim's backend for the norms (see fused_optim.ops); None reads
+    $FUSED_OPTIM_BACKEND once, here.
     """
 
     def __init__(self, model, optimizer=None, every=1, sync_every=50, per_layer=False, thresholds=None,
-                 backend=None):
+                 backend=None, update_ratio=True):
         for name, value in (("every", every), ("sync_every", sync_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        backend = _backend.validate_name(backend)
         if thresholds is not None and not isinstance(thresholds, Thresholds):
             raise TypeError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -100,6 +104,7 @@ class TrainingMonitor:
             raise ValueError("the model has no trainable parameters to monitor")
         self.optimizer = optimizer
         self.every, self.sync_every, self.per_layer = every, sync_every, bool(per_layer)
+        self.update_ratio = bool(update_ratio)
         self.thresholds = thresholds if thresholds is not None else Thresholds()
         self.backend = backend
         self.device = self.params[0].device
@@ -167,10 +172,11 @@ class TrainingMonitor:
         }
         if self.per_layer:
             record["layers"] = self._layer_norms()
-        if self._snapshot is None:
-            self._snapshot = [torch.empty_like(p) for p in params]
-        torch._foreach_copy_(self._snapshot, params)
-        self._pending = record
+        if self.update_ratio:
+            if self._snapshot is None:
+                self._snapshot = [torch.empty_like(p) for p in params]
+            torch._foreach_copy_(self._snapshot, params)
+            self._pending = record
         self._records.append(record)
 
     def _lrs(self):
@@ -272,7 +278,8 @@ class TrainingMonitor:
         """A dict of lists: per recorded step ``step`` (the call's index, from 0), ``grad_norm``,
         ``weight_norm``, ``update_ratio``, ``lr`` (the first group's; ``lr/<i>`` for each group when
         there are several), ``loss`` (NaN where none was passed), with ``per_layer``
-        ``grad_norm/<layer>`` and ``weight_norm/<layer>``; per epoch ``epoch`` (from 1),
+        ``grad_norm/<layer>`` and ``weight_norm/<layer>`` (a layer is a module with parameters of
+        its own, named as in ``named_modules()``, the root by its class name); per epoch ``epoch`` (from 1),
         ``train_loss``, ``val_loss``, ``train_acc``, ``val_acc`` (NaN where none was passed) and
         ``epoch_end_step`` (the number of step() calls made by then). Reading it copies pending
         values to the host."""

@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from .. import _backend
 from ..ops import clip as ops
 from ..reference.clip import result_dtype
 from ._select import check_patterns, matches, owners
@@ -51,6 +52,8 @@ class RegularizedLoss(torch.nn.Module):
         for name, value in (("l1", l1), ("l2", l2)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
+        if backend is not None:
+            _backend.validate_name(backend)
         self.criterion = criterion
         self.l1, self.l2 = float(l1), float(l2)
         self.exclude = check_patterns(exclude, "exclude")
