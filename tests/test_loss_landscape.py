@@ -63,8 +63,8 @@ def test_landscape(tmp_path):
         checked.append((torch.is_grad_enabled(), model.training))
         return torch.nn.functional.cross_entropy(output, target)
 
-    land = loss_landscape(model, loss_fn, data, steps=(5, 3), span=(-0.5, 0.5), generator=torch.Generator().manual_seed(3),
-                          max_batches=2)
+    land = loss_landscape(model, loss_fn, data, steps=(5, 3), span=(-0.5, 0.5),
+                          generator=torch.Generator().manual_seed(3), max_batches=2)
     assert set(checked) == {(False, False)} and len(checked) == 5 * 3 * 2
     assert model.training and all(m.training for m in model.modules())
     assert_identical(model, saved)

@@ -161,14 +161,17 @@ class TrainingMonitor:
         if (self.calls - 1) % self.every:
             return
         params = self.params
-        grads = [p.grad for p in params if p.grad is not None]
+        has_grads = any(p.grad is not None for p in params)
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().reshape(()).to(self.device, torch.float64)
         record = {
             "step": self.calls - 1,
-            "grad_norm": self._norm(params, use_grads=True).to(self.device) if grads else torch.zeros((), device=self.device),
+            "grad_norm": self._norm(params, use_grads=True).to(self.device) if has_grads else
+            torch.zeros((), device=self.device),
             "weight_norm": self._norm(params).to(self.device),
             "update_ratio": None,
             "lr": self._lrs(),
-            "loss": loss.detach().reshape(()).to(self.device, torch.float64) if isinstance(loss, torch.Tensor) else loss,
+            "loss": loss,
         }
         if self.per_layer:
             record["layers"] = self._layer_norms()
@@ -240,7 +243,9 @@ class TrainingMonitor:
                 for i, lr in enumerate(lrs):
                     h.setdefault(f"lr/{i}", []).append(lr)
             loss = r["loss"]
-            h["loss"].append(next(host) if isinstance(loss, torch.Tensor) else (math.nan if loss is None else float(loss)))
+            if isinstance(loss, torch.Tensor):
+                loss = next(host)
+            h["loss"].append(math.nan if loss is None else float(loss))
             self._loss_given.append(loss is not None)
             if self.per_layer:
                 grad_norms = [next(host) for _ in self.layers]
@@ -331,7 +336,8 @@ class TrainingMonitor:
         for key, series in step_series:
             add("non_finite", key, [(i, v) for i, v in enumerate(series) if not math.isfinite(v)], math.inf, "step")
         for key in EPOCH_KEYS:
-            hits = [(i, v) for i, (v, given) in enumerate(zip(h[key], self._given[key])) if given and not math.isfinite(v)]
+            hits = [(i, v) for i, (v, given) in enumerate(zip(h[key], self._given[key]))
+                    if given and not math.isfinite(v)]
             add("non_finite", key, hits, math.inf, "epoch")
 
         # Exploding: far above the early gradient norms.
