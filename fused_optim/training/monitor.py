@@ -87,6 +87,9 @@ class TrainingMonitor:
     trainable parameters and costs a copy and a difference of them per recorded step;
     ``update_ratio=False`` saves both (history["update_ratio"] is then NaN).
 
+    The gradient norm is that of the gradients as they are when ``step()`` runs: with a
+    torch.amp.GradScaler, call it after ``scaler.unscale_(optimizer)`` to record unscaled ones.
+
     ``backend`` chooses fused_optim's backend for the norms (see fused_optim.ops); None reads
     $FUSED_OPTIM_BACKEND once, here.
     """
