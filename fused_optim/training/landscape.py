@@ -17,11 +17,28 @@ from ._select import check_patterns, matches, owners
 NORMALIZATIONS = ("filter", "layer", None)
 
 
-def _points_progress(total, progress, desc):
-    from tqdm.auto import tqdm
-
+@contextlib.contextmanager
+def _points_progress(total, progress, label):
+    """A function to call after each evaluated point: the package's progress bar (tqdm on a terminal,
+    one plain line on a pipe) when ``progress`` asks for one; None: for 50 points and more."""
     show = total >= 50 if progress is None else bool(progress)
-    return tqdm(total=total, desc=desc, disable=not show, leave=False)
+    if not show:
+        yield lambda detail=None: None
+        return
+    from .._progress import Progress
+
+    bar = Progress(total, unit="point")
+    bar.update(0, label)
+    done = [0]
+
+    def advance(detail=None):
+        done[0] += 1
+        bar.update(done[0], label, detail)
+
+    try:
+        yield advance
+    finally:
+        bar.close()
 
 
 @contextlib.contextmanager
@@ -189,8 +206,8 @@ def loss_landscape(model, loss_fn, loader, directions=None, span=(-1.0, 1.0), st
     of the weights, with ``"layer"`` each tensor to its weight's norm, with None as drawn; the
     parameters that a pattern of ``ignore`` names (a substring of the qualified name or of the
     module's class name: biases and normalization layers by default) get zero directions. A grid
-    with an odd number of points holds the unperturbed model at its center. ``progress``: a tqdm
-    bar (None: for 50 points and more).
+    with an odd number of points holds the unperturbed model at its center. ``progress``: a
+    progress bar (tqdm on a terminal, a plain line on a pipe; None: for 50 points and more).
     """
     params = list(model.parameters())
     if not params:
@@ -203,7 +220,7 @@ def loss_landscape(model, loss_fn, loader, directions=None, span=(-1.0, 1.0), st
     directions = _check_directions(directions, params)
     losses = torch.empty(len(alphas), len(betas), dtype=torch.float64)
     device = params[0].device
-    with _evaluating(model), _points_progress(losses.numel(), progress, "loss landscape") as bar:
+    with _evaluating(model), _points_progress(losses.numel(), progress, "loss landscape") as advance:
         origin = [p.detach().clone() for p in params]
         for i, a in enumerate(alphas.tolist()):
             for j, b in enumerate(betas.tolist()):
@@ -213,7 +230,7 @@ def loss_landscape(model, loss_fn, loader, directions=None, span=(-1.0, 1.0), st
                 if b:
                     torch._foreach_add_(params, directions[1], alpha=b)
                 losses[i, j] = _mean_loss(model, loss_fn, loader, max_batches, device)
-                bar.update()
+                advance(f"loss {losses[i, j].item():.4g}")
     return Landscape(alphas, betas, losses, directions)
 
 
@@ -236,11 +253,11 @@ def interpolate(model_a, model_b, loss_fn, loader, steps=25, span=(0.0, 1.0), ma
     ends = [t.detach().to(a.device) for a, t in zip((*pa, *ba), (*pb, *bb)) if a.is_floating_point()]
     losses = torch.empty(steps, dtype=torch.float64)
     device = pa[0].device if pa else None
-    with _evaluating(model_a), _points_progress(steps, progress, "interpolation") as bar:
+    with _evaluating(model_a), _points_progress(steps, progress, "interpolation") as advance:
         origin = [t.detach().clone() for t in targets]
         for i, a in enumerate(alphas.tolist()):
             torch._foreach_copy_(targets, origin)
             torch._foreach_lerp_(targets, ends, a)
             losses[i] = _mean_loss(model_a, loss_fn, loader, max_batches, device)
-            bar.update()
+            advance(f"loss {losses[i].item():.4g}")
     return Interpolation(alphas, losses)
