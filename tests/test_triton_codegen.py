@@ -1,9 +1,8 @@
 """What the Triton kernels compile to on a GPU, checked on a machine without one.
 
-Each row of _launches() runs a real launcher (LayerNorm, BatchNorm, clipping, the optimizers' step) on CPU
-tensors with its
-kernels replaced by recorders, so every kernel launch it would make on a GPU is captured with the
-exact arguments, constexprs and num_warps the launcher chose. Each captured launch is bound the way
+Each row of _launches() runs a real launcher (LayerNorm, BatchNorm, clipping, an optimizer's step) on
+CPU tensors with its kernels replaced by recorders, so every kernel launch it would make on a GPU is
+captured with the exact arguments, constexprs and num_warps the launcher chose. Each captured launch is bound the way
 Triton's JIT binds it on a GPU (argument types, 16-byte pointer alignment, integer divisibility),
 compiled ahead of time with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90 or 80, 32))``
 (Triton ships ptxas), and checked:
