@@ -11,8 +11,9 @@ from .optim import chunk_end, grad_factor, header_scalar, program_chunk, row_cou
 @triton.jit
 def adagrad_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
                    HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+                FULL: tl.constexpr, ALIGNED: tl.constexpr,
                    L2: tl.constexpr):
-    row, start = program_chunk(table, chunks)
+    row, start = program_chunk(table, chunks, CHUNK)
     lr = header_scalar(table, 0)
     lr_decay = header_scalar(table, 1)
     # the step count before this update is step - 1
@@ -21,11 +22,11 @@ def adagrad_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
     eps = header_scalar(table, 2).to(C)
     weight_decay = header_scalar(table, 3).to(C)
     sign = header_scalar(table, 4).to(C)
-    p_ptr = row_param(row, P)
-    g_ptr = row_grad(row, P)
-    sum_ptr = row_state(row, 0, S)
+    p_ptr = row_param(row, P, ALIGNED)
+    g_ptr = row_grad(row, P, ALIGNED)
+    sum_ptr = row_state(row, 0, S, ALIGNED)
     factor = grad_factor(factor_ptr, C, HAS_FACTOR)
-    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF)
+    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF, CHUNK, FULL)
 
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -39,5 +40,3 @@ def adagrad_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
         param = param + div_rn(neg_clr * grad, sqrt_rn(total) + eps)
         tl.store(p_ptr + offs, to_storage(param, P), mask=mask)
 
-
-KERNEL = adagrad_kernel

@@ -11,15 +11,16 @@ from .optim import (chunk_end, grad_factor, header_scalar, program_chunk, row_co
 @triton.jit
 def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
                 HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+                FULL: tl.constexpr, ALIGNED: tl.constexpr,
                 AMSGRAD: tl.constexpr, L2_ON: tl.constexpr, LERP_FROM_START: tl.constexpr):
-    row, start = program_chunk(table, chunks)
+    row, start = program_chunk(table, chunks, CHUNK)
     lr = header_scalar(table, 0)
     beta1 = header_scalar(table, 1)
     beta2 = header_scalar(table, 2)
-    p_ptr = row_param(row, P)
-    g_ptr = row_grad(row, P)
-    m_ptr = row_state(row, 0, S)
-    v_ptr = row_state(row, 1, S)
+    p_ptr = row_param(row, P, ALIGNED)
+    g_ptr = row_grad(row, P, ALIGNED)
+    m_ptr = row_state(row, 0, S, ALIGNED)
+    v_ptr = row_state(row, 1, S, ALIGNED)
     step = row_counter(row).to(tl.int64) + 1
 
     neg_step_size = (-(lr / (1.0 - power(beta1, step)))).to(C)
@@ -33,7 +34,7 @@ def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl
     decay = header_scalar(table, 5).to(C)
     sign = header_scalar(table, 6).to(C)
     factor = grad_factor(factor_ptr, C, HAS_FACTOR)
-    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF)
+    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF, CHUNK, FULL)
 
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -52,7 +53,7 @@ def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl
         v = v + (one_minus_beta2 * grad) * grad
         v_used = v
         if AMSGRAD:
-            vmax_ptr = row_state(row, 2, S)
+            vmax_ptr = row_state(row, 2, S, ALIGNED)
             v_max = tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(C)
             v_used = tl.where((v > v_max) | (v != v), v, v_max)
             tl.store(vmax_ptr + offs, v_used.to(S), mask=mask)
@@ -62,5 +63,3 @@ def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl
         tl.store(v_ptr + offs, v.to(S), mask=mask)
         tl.store(p_ptr + offs, to_storage(param, P), mask=mask)
 
-
-KERNEL = adam_kernel
