@@ -174,11 +174,12 @@ def test_double_backward_matches_torch(backend_device, kind, training):
 
 def gradcheck_cases():
     """Every kind on reference and cpp; the Triton interpreter is slow, so triton checks one."""
-    for pair in BACKEND_DEVICES:
-        for kind, training in (("layernorm", True), ("batchnorm", True), ("batchnorm", False)):
-            if pair[0] != "triton" or (kind, training) == ("batchnorm", True):
-                name = kind if kind == "layernorm" else f"{kind}-{'train' if training else 'eval'}"
-                yield pytest.param(pair, kind, training, id=f"{name}-{backend_device_id(pair)}")
+    kinds = (("layernorm", True), ("batchnorm", True), ("batchnorm", False))
+    return [pytest.param(pair, kind, training,
+                         id=f"{kind if kind == 'layernorm' else kind + ('-train' if training else '-eval')}-"
+                            f"{backend_device_id(pair)}")
+            for pair in BACKEND_DEVICES for kind, training in kinds
+            if pair[0] != "triton" or (kind, training) == ("batchnorm", True)]
 
 
 @pytest.mark.parametrize("backend_device,kind,training", gradcheck_cases())
