@@ -209,8 +209,9 @@ def test_functional_tensors(backend):
         torch.testing.assert_close(a, e)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_meta_tensors(backend):
+    """Shapes on meta tensors (the cpp backend rejects them by name: see test_layer_norm.py)."""
     x = torch.empty(4, 3, 5, device="meta")
     assert fo.layer_norm(x, (5,), torch.empty(5, device="meta"), backend=backend).shape == x.shape
     y = fo.batch_norm(x, torch.empty(3, device="meta"), torch.empty(3, device="meta"), training=True,

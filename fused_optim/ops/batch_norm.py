@@ -366,12 +366,15 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, training, e
 def prepare_batch_norm(input, running_mean, running_var, weight, bias, training, backend, eps=1e-5):
     """(path, backend) for a batch_norm call, after every check; raises before anything changes.
 
-    On the eager kernel path the backend is resolved here; traced calls resolve it at run time.
+    The backend is resolved here, except in a trace (the compiled code resolves it when it runs)
+    and on the composite path, which needs none.
     """
     name = _backend.validate_name(backend)
     check_batch_norm(input, running_mean, running_var, weight, bias, training, eps)
     path = _route.route(input, weight, bias, running_mean, running_var)
-    return path, (_backend.resolve(name, input.device) if path == _route.FAST else name)
+    if path != _route.COMPOSITE and not torch.compiler.is_compiling():
+        name = _backend.resolve(name, input.device)
+    return path, name
 
 
 def batch_norm_prepared(prepared, input, running_mean, running_var, weight, bias, training, momentum, eps):

@@ -165,7 +165,8 @@ def layer_norm_backward_op(dy: Tensor, x: Tensor, weight: Tensor | None, mean: T
     rows = _rows_of(x, normalized_ndim)
     dx, dweight, dbias = _kernel_backward(dy, rows, _flat_compute(weight, compute), mean, rstd,
                                           (need_dx, need_dweight, need_dbias), concrete)
-    if dweight is not None and dbias is not None and dweight.untyped_storage().data_ptr() == dbias.untyped_storage().data_ptr():
+    if dweight is not None and dbias is not None and (
+            dweight.untyped_storage().data_ptr() == dbias.untyped_storage().data_ptr()):
         dbias = dbias.clone()  # a backend may return both as rows of one buffer; op outputs may not alias
     return (x.new_empty((0,)) if dx is None else dx.reshape(x.shape),
             x.new_empty((0,), dtype=compute) if dweight is None else dweight,
@@ -254,8 +255,12 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
     _check_parameter("weight", weight, shape, input)
     _check_parameter("bias", bias, shape, input)
     path = _route.route(input, weight, bias)
+    if path == _route.COMPOSITE:
+        return layer_norm_composite(input, len(shape), weight, bias, float(eps))
+    # An explicit backend that cannot run these tensors is an error now, unless this is a trace:
+    # then the compiled code resolves it when it runs.
+    if not torch.compiler.is_compiling():
+        name = _backend.resolve(name, input.device)
     if path == _route.FAST:
-        return LayerNormFunction.apply(input, weight, bias, len(shape), float(eps), _backend.resolve(name, input.device))
-    if path == _route.OP:
-        return torch.ops.fused_optim.layer_norm_forward(input, weight, bias, len(shape), float(eps), name)[0]
-    return layer_norm_composite(input, len(shape), weight, bias, float(eps))
+        return LayerNormFunction.apply(input, weight, bias, len(shape), float(eps), name)
+    return torch.ops.fused_optim.layer_norm_forward(input, weight, bias, len(shape), float(eps), name)[0]
