@@ -261,3 +261,27 @@ def test_compiled_model_trains_like_eager():
             m(x).pow(2).mean().backward()
             opt.step()
     assert_all_close(list(model.state_dict().values()), list(twin.state_dict().values()), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["clip_grad_norm_", "clip_grad_value_", "get_total_norm"])
+def test_clipping_compiles_without_graph_breaks(name):
+    """Traced clipping is plain torch ops: one graph, torch.nn.utils' results and gradients."""
+    torch._dynamo.reset()
+
+    def parameters():
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(5, 3, generator=generator)), torch.nn.Parameter(torch.randn(7))]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator) * 3
+        return params
+
+    calls = {"clip_grad_norm_": lambda f, ps: f(ps, 1.0), "clip_grad_value_": lambda f, ps: f(ps, 0.5),
+             "get_total_norm": lambda f, ps: f([p.grad for p in ps], 3.0)}[name]
+    ours, theirs = parameters(), parameters()
+    counter = CompileCounter()
+    result = torch.compile(lambda ps: calls(getattr(fo, name), ps), backend=counter, fullgraph=True)(ours)
+    expected = calls(getattr(torch.nn.utils, name), theirs)
+    assert counter.frame_count == 1
+    if expected is not None:
+        torch.testing.assert_close(result, expected)
+    assert_all_close([p.grad for p in ours], [p.grad for p in theirs])
