@@ -89,6 +89,22 @@ def test_compile_fullgraph_has_no_graph_breaks(training):
     assert (explanation.graph_break_count, explanation.graph_count) == (0, 1)
 
 
+def test_functional_calls_compile_without_graph_breaks():
+    """fo.layer_norm / fo.batch_norm with the default backend (read from the environment) in one graph."""
+    torch._dynamo.reset()
+
+    def f(norm, x, w, running_mean, running_var):
+        return norm.batch_norm(norm.layer_norm(x, (8,), w), running_mean, running_var, training=True)
+
+    x, w = torch.randn(4, 3, 8), torch.rand(8) + 0.5
+    stats, expected_stats = [torch.zeros(3), torch.ones(3)], [torch.zeros(3), torch.ones(3)]
+    counter = CompileCounter()
+    result = torch.compile(f, backend=counter, fullgraph=True)(fo, x, w, *stats)
+    torch.testing.assert_close(result, f(torch.nn.functional, x, w, *expected_stats))
+    assert counter.frame_count == 1
+    assert_all_close(stats, expected_stats)
+
+
 @pytest.mark.parametrize("kind,dims", [("layernorm", 0), ("batchnorm", 1), ("batchnorm", 2), ("batchnorm", 3)],
                          ids=["layernorm", "batchnorm1d", "batchnorm2d", "batchnorm3d"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -285,3 +301,26 @@ def test_clipping_compiles_without_graph_breaks(name):
     if expected is not None:
         torch.testing.assert_close(result, expected)
     assert_all_close([p.grad for p in ours], [p.grad for p in theirs])
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "batchnorm"])
+def test_compiled_backward_runs_the_backward_op(kind):
+    """The traced backward is fused_optim's backward op, not the differentiable-ops fallback."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def keep(graph, _):
+        graphs.append(graph)
+        return make_boxed_func(graph.forward)
+
+    ours, _ = pair(kind, "cpp", 2)
+    x = torch.randn(4, 2, 3, 5) if kind == "layernorm" else torch.randn(4, 3, 3, 5)
+    torch.compile(ours, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep), fullgraph=True)(
+        x.requires_grad_()).sum().backward()
+    forward, backward = ({str(n.target) for n in g.graph.nodes if n.op == "call_function"} for g in graphs)
+    assert f"fused_optim.{kind.replace('norm', '_norm')}_forward.default" in forward
+    assert f"fused_optim.{kind.replace('norm', '_norm')}_backward.default" in backward
+    assert not any("mean" in target or "rsqrt" in target for target in backward), backward

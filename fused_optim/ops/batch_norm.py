@@ -175,8 +175,10 @@ def _composite_backward(dy, x, weight, bias, mean, rstd, used_batch_stats, eps, 
     return dx, dweight, dbias
 
 
-def _differentiable_backward(dy):
-    return torch.is_grad_enabled() or not _route.is_plain(dy)
+def _backward_path(dy):
+    """COMPOSITE when the backward must be built from differentiable ops (a graph being built, or
+    batched gradients), else the path for dy: FAST for plain tensors, OP in a trace."""
+    return _route.COMPOSITE if torch.is_grad_enabled() else _route.route(dy)
 
 
 def _empty_gradients(dy, weight, bias, need):
@@ -207,12 +209,13 @@ class BatchNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         backend, shape, used_batch_stats, eps = ctx.meta
         need = ctx.needs_input_grad[:3]
+        path = _backward_path(dy)
         if ctx.empty:
             _, weight, bias = ctx.saved_tensors
             grads = _empty_gradients(dy, weight, bias, need)
-        elif _differentiable_backward(dy):
+        elif path != _route.FAST:
             _, _, mean, rstd, x, weight, bias = ctx.saved_tensors
-            grads = _composite_backward(dy, x, weight, bias, mean, rstd, used_batch_stats, eps, need)
+            grads = _backward_on_path(path, dy, x, weight, bias, mean, rstd, used_batch_stats, eps, need, backend)
         else:
             x3, weight_c, mean, rstd, _, weight, bias = ctx.saved_tensors
             dx, dweight, dbias = _kernel_backward(dy, x3, ctx.layout, shape, weight_c, mean, rstd, used_batch_stats,
@@ -308,19 +311,22 @@ def _op_setup_context(ctx, inputs, output):
     ctx.meta = (use_batch_stats, eps, backend)
 
 
+def _backward_on_path(path, dy, x, weight, bias, mean, rstd, used_batch_stats, eps, need, backend):
+    """(dx, dweight, dbias) in differentiable ops (COMPOSITE) or through the registered op."""
+    if path == _route.COMPOSITE and x.numel() > 0:
+        return _composite_backward(dy, x, weight, bias, mean, rstd, used_batch_stats, eps, need)
+    dx, dweight, dbias = torch.ops.fused_optim.batch_norm_backward(dy, x, weight, mean, rstd, used_batch_stats, *need,
+                                                                   backend)
+    return (dx if need[0] else None, dweight.to(weight.dtype) if need[1] else None,
+            dbias.to(bias.dtype) if need[2] else None)
+
+
 def _op_backward(ctx, dy, *_):
     x, weight, bias, mean, rstd = ctx.saved_tensors
     used_batch_stats, eps, backend = ctx.meta
-    need = ctx.needs_input_grad[:3]
-    if _differentiable_backward(dy) and x.numel() > 0:
-        dx, dweight, dbias = _composite_backward(dy, x, weight, bias, mean, rstd, used_batch_stats, eps, need)
-    else:
-        dx, dweight, dbias = torch.ops.fused_optim.batch_norm_backward(dy, x, weight, mean, rstd, used_batch_stats,
-                                                                       *need, backend)
-        dx = dx if need[0] else None
-        dweight = dweight.to(weight.dtype) if need[1] else None
-        dbias = dbias.to(bias.dtype) if need[2] else None
-    return dx, dweight, dbias, None, None, None, None, None, None
+    path = _route.COMPOSITE if _backward_path(dy) == _route.COMPOSITE else _route.OP
+    return _backward_on_path(path, dy, x, weight, bias, mean, rstd, used_batch_stats, eps, ctx.needs_input_grad[:3],
+                             backend) + (None,) * 6
 
 
 batch_norm_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)

@@ -103,9 +103,10 @@ def _composite_backward(dy, x, weight, bias, normalized_ndim, eps, need):
     return dx, dweight, dbias
 
 
-def _differentiable_backward(dy):
-    """True when the backward must be built from differentiable ops (see the module docstring)."""
-    return torch.is_grad_enabled() or not _route.is_plain(dy)
+def _backward_path(dy):
+    """COMPOSITE when the backward must be built from differentiable ops (a graph being built, or
+    batched gradients), else the path for dy: FAST for plain tensors, OP in a trace."""
+    return _route.COMPOSITE if torch.is_grad_enabled() else _route.route(dy)
 
 
 def _to_parameter(grad, parameter):
@@ -126,13 +127,13 @@ class LayerNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         rows, weight_c, mean, rstd, x, weight, bias = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
-        if _differentiable_backward(dy):
-            dx, dweight, dbias = _composite_backward(dy, x, weight, bias, ctx.normalized_ndim, ctx.eps, need)
-        else:
-            dx, dweight, dbias = _kernel_backward(dy, rows, weight_c, mean, rstd, need, ctx.backend)
-            dx = None if dx is None else dx.reshape(x.shape)
-            dweight, dbias = _to_parameter(dweight, weight), _to_parameter(dbias, bias)
-        return dx, dweight, dbias, None, None, None
+        path = _backward_path(dy)
+        if path != _route.FAST:
+            return _backward_on_path(path, dy, x, weight, bias, mean, rstd, ctx.normalized_ndim, ctx.eps, need,
+                                     ctx.backend) + (None, None, None)
+        dx, dweight, dbias = _kernel_backward(dy, rows, weight_c, mean, rstd, need, ctx.backend)
+        dx = None if dx is None else dx.reshape(x.shape)
+        return dx, _to_parameter(dweight, weight), _to_parameter(dbias, bias), None, None, None
 
 
 # torch.library ops: what torch.compile, torch.export and fake tensors see. The backend name is
@@ -190,18 +191,21 @@ def _op_setup_context(ctx, inputs, output):
     ctx.normalized_ndim, ctx.eps, ctx.backend = normalized_ndim, eps, backend
 
 
+def _backward_on_path(path, dy, x, weight, bias, mean, rstd, normalized_ndim, eps, need, backend):
+    """(dx, dweight, dbias) in differentiable ops (COMPOSITE) or through the registered op."""
+    if path == _route.COMPOSITE:
+        return _composite_backward(dy, x, weight, bias, normalized_ndim, eps, need)
+    dx, dweight, dbias = torch.ops.fused_optim.layer_norm_backward(dy, x, weight, mean, rstd, normalized_ndim, *need,
+                                                                   backend)
+    return (dx if need[0] else None, _to_parameter(dweight, weight) if need[1] else None,
+            _to_parameter(dbias, bias) if need[2] else None)
+
+
 def _op_backward(ctx, dy, _dmean, _drstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
-    need = ctx.needs_input_grad[:3]
-    if _differentiable_backward(dy):
-        dx, dweight, dbias = _composite_backward(dy, x, weight, bias, ctx.normalized_ndim, ctx.eps, need)
-    else:
-        dx, dweight, dbias = torch.ops.fused_optim.layer_norm_backward(dy, x, weight, mean, rstd, ctx.normalized_ndim,
-                                                                       *need, ctx.backend)
-        dx = dx if need[0] else None
-        dweight = _to_parameter(dweight, weight) if need[1] else None
-        dbias = _to_parameter(dbias, bias) if need[2] else None
-    return dx, dweight, dbias, None, None, None
+    path = _route.COMPOSITE if _backward_path(dy) == _route.COMPOSITE else _route.OP
+    return _backward_on_path(path, dy, x, weight, bias, mean, rstd, ctx.normalized_ndim, ctx.eps,
+                             ctx.needs_input_grad[:3], ctx.backend) + (None, None, None)
 
 
 layer_norm_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
