@@ -222,6 +222,17 @@ def test_meta_tensors(backend):
     assert fo.clip_grad_norm_([p], 1.0, backend=backend).device.type == "meta"
 
 
+def test_cpp_backend_rejects_meta_tensors_by_name():
+    x = torch.empty(4, 3, 5, device="meta")
+    p = torch.nn.Parameter(torch.empty(4, device="meta"))
+    p.grad = torch.empty(4, device="meta")
+    for call in (lambda: fo.layer_norm(x, (5,), backend="cpp"),
+                 lambda: fo.batch_norm(x, None, None, training=True, backend="cpp"),
+                 lambda: fo.clip_grad_norm_([p], 1.0, backend="cpp")):
+        with pytest.raises(RuntimeError, match="cannot run meta tensors"):
+            call()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_other_dispatch_subclass(backend):
     """TwoTensor (two tensors computed side by side): each half gets torch's result."""

@@ -104,8 +104,8 @@ def total_norm(tensors, norm_type, error_if_nonfinite, backend, max_norm=None, u
         return torch.tensor(0.0)
     name = _backend.validate_name(backend)
     plain_first = _all_plain([first])
-    if plain_first:
-        name = _backend.resolve(name, first.device)
+    if plain_first or (first.is_meta and not torch.compiler.is_compiling()):
+        name = _backend.resolve(name, first.device)  # an explicit backend that cannot run them is an error
     if plain_first and name == "cpp" and reference.is_power_norm(norm_type):
         # None when some tensor is not a plain dense CPU float tensor: those take the paths below.
         result = _cpp.get().clip_grad_norm(tensors, use_grads, max_norm, norm_type, error_if_nonfinite)
