@@ -86,7 +86,9 @@ def _from_layout(t, layout, shape):
 
 
 def _flat_compute(t, dtype):
-    return None if t is None else t.to(dtype).contiguous()
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.to(dtype).contiguous()
 
 
 def _kernel_forward(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, backend):
@@ -175,6 +177,10 @@ def _composite_backward(dy, x, weight, bias, mean, rstd, used_batch_stats, eps, 
     return dx, dweight, dbias
 
 
+def _to_parameter(grad, parameter):
+    return grad if grad is None or grad.dtype == parameter.dtype else grad.to(parameter.dtype)
+
+
 def _backward_path(dy):
     """COMPOSITE when the backward must be built from differentiable ops (a graph being built, or
     batched gradients), else the path for dy: FAST for plain tensors, OP in a trace."""
@@ -220,8 +226,7 @@ class BatchNormFunction(torch.autograd.Function):
             x3, weight_c, mean, rstd, _, weight, bias = ctx.saved_tensors
             dx, dweight, dbias = _kernel_backward(dy, x3, ctx.layout, shape, weight_c, mean, rstd, used_batch_stats,
                                                   need, backend)
-            grads = (dx, None if dweight is None else dweight.to(weight.dtype),
-                     None if dbias is None else dbias.to(bias.dtype))
+            grads = (dx, _to_parameter(dweight, weight), _to_parameter(dbias, bias))
         return (*grads, None, None, None, None, None, None)
 
 

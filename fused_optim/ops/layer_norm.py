@@ -39,13 +39,24 @@ def _backend_functions(backend):
     return triton_layer_norm.layer_norm_forward, triton_layer_norm.layer_norm_backward
 
 
+# The common cases skip the calls that would change nothing: each costs a dispatcher round trip.
+
 def _flat_compute(t, dtype):
-    return None if t is None else t.reshape(-1).to(dtype).contiguous()
+    if t is None or (t.dim() == 1 and t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.reshape(-1).to(dtype).contiguous()
 
 
 def _rows_of(x, normalized_ndim):
     """x as contiguous rows (M, N), N the product of its last ``normalized_ndim`` sizes."""
+    if x.dim() == 2 and normalized_ndim == 1:
+        return x.contiguous()
     return x.reshape(-1, math.prod(x.shape[x.dim() - normalized_ndim:])).contiguous()
+
+
+def _shaped_like(t, x):
+    """A rows tensor (M, N) in x's shape."""
+    return t if x.dim() == 2 and t.shape[1] == x.shape[1] else t.reshape(x.shape)
 
 
 def _kernel_forward(x, weight, bias, normalized_ndim, eps, backend):
@@ -56,13 +67,14 @@ def _kernel_forward(x, weight, bias, normalized_ndim, eps, backend):
     rows = _rows_of(x, normalized_ndim)
     weight_c = _flat_compute(weight, compute)
     y, mean, rstd = forward(rows, weight_c, _flat_compute(bias, compute), eps)
-    return rows, weight_c, y.reshape(x.shape), mean, rstd
+    return rows, weight_c, _shaped_like(y, x), mean, rstd
 
 
 def _kernel_backward(dy, rows, weight_c, mean, rstd, need, backend):
     """(dx as rows, dweight, dbias in the compute dtype, flat), None where not needed."""
     _, backward = _backend_functions(backend if rows.numel() > 0 else "reference")
-    return backward(dy.reshape(rows.shape).contiguous(), rows, weight_c, mean, rstd, *need)
+    dy_rows = dy.contiguous() if dy.dim() == 2 else dy.reshape(rows.shape).contiguous()
+    return backward(dy_rows, rows, weight_c, mean, rstd, *need)
 
 
 def layer_norm_composite(x, normalized_ndim, weight, bias, eps):
@@ -110,7 +122,9 @@ def _backward_path(dy):
 
 
 def _to_parameter(grad, parameter):
-    return None if grad is None else grad.reshape(parameter.shape).to(parameter.dtype)
+    if grad is None or (parameter.dim() == 1 and grad.dtype == parameter.dtype):
+        return grad
+    return grad.reshape(parameter.shape).to(parameter.dtype)
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -132,7 +146,7 @@ class LayerNormFunction(torch.autograd.Function):
             return _backward_on_path(path, dy, x, weight, bias, mean, rstd, ctx.normalized_ndim, ctx.eps, need,
                                      ctx.backend) + (None, None, None)
         dx, dweight, dbias = _kernel_backward(dy, rows, weight_c, mean, rstd, need, ctx.backend)
-        dx = None if dx is None else dx.reshape(x.shape)
+        dx = None if dx is None else _shaped_like(dx, x)
         return dx, _to_parameter(dweight, weight), _to_parameter(dbias, bias), None, None, None
 
 
@@ -169,7 +183,7 @@ def layer_norm_backward_op(dy: Tensor, x: Tensor, weight: Tensor | None, mean: T
     if dweight is not None and dbias is not None and (
             dweight.untyped_storage().data_ptr() == dbias.untyped_storage().data_ptr()):
         dbias = dbias.clone()  # a backend may return both as rows of one buffer; op outputs may not alias
-    return (x.new_empty((0,)) if dx is None else dx.reshape(x.shape),
+    return (x.new_empty((0,)) if dx is None else _shaped_like(dx, x),
             x.new_empty((0,), dtype=compute) if dweight is None else dweight,
             x.new_empty((0,), dtype=compute) if dbias is None else dbias)
 
