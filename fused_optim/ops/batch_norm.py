@@ -13,6 +13,7 @@ and ``rstd`` (the batch's in training, the running ones' otherwise) that the bac
 """
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -240,8 +241,8 @@ def _fake_like_layout(x):
 
 
 @torch.library.custom_op("fused_optim::batch_norm_forward", mutates_args=())
-def batch_norm_forward_op(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
-                          running_var: Tensor | None, use_batch_stats: bool, momentum: float,
+def batch_norm_forward_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+                          running_var: Optional[Tensor], use_batch_stats: bool, momentum: float,
                           eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(y, mean, rstd, updated running_mean, updated running_var): y in the kernels' layout for x,
     per-channel statistics in the compute dtype (NaN for an empty batch). The running statistics
@@ -279,7 +280,7 @@ def batch_norm_op(x, weight, bias, running_mean, running_var, use_batch_stats, m
 
 
 @torch.library.custom_op("fused_optim::batch_norm_backward", mutates_args=())
-def batch_norm_backward_op(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, rstd: Tensor,
+def batch_norm_backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
                            used_batch_stats: bool, need_dx: bool, need_dweight: bool, need_dbias: bool,
                            backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(dx in the kernels' layout for x, dweight, dbias in the compute dtype); empty where not

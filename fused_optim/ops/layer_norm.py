@@ -18,6 +18,7 @@ double backward and batched gradients give torch's results; a plain backward run
 
 import math
 import numbers
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -154,7 +155,7 @@ class LayerNormFunction(torch.autograd.Function):
 # resolved inside the real implementation, at run time, so nothing is loaded while tracing.
 
 @torch.library.custom_op("fused_optim::layer_norm_forward", mutates_args=())
-def layer_norm_forward_op(x: Tensor, weight: Tensor | None, bias: Tensor | None, normalized_ndim: int, eps: float,
+def layer_norm_forward_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], normalized_ndim: int, eps: float,
                           backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean, rstd): y shaped and contiguous like x, mean and rstd one per row (compute dtype)."""
     concrete = _backend.resolve(backend, x.device)
@@ -171,7 +172,7 @@ def _(x, weight, bias, normalized_ndim, eps, backend):
 
 
 @torch.library.custom_op("fused_optim::layer_norm_backward", mutates_args=())
-def layer_norm_backward_op(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, rstd: Tensor,
+def layer_norm_backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
                            normalized_ndim: int, need_dx: bool, need_dweight: bool, need_dbias: bool,
                            backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(dx shaped like x, dweight, dbias flat in the compute dtype); empty where not needed."""
