@@ -14,6 +14,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 import fused_optim as fo
+from fused_optim import _backend
 
 from conftest import BACKEND_DEVICES, backend_device_id, require_backend
 
@@ -215,30 +216,36 @@ def test_gradcheck_batched_and_gradgradcheck(backend_device, kind, training):
 
 
 def opcheck_cases():
-    """(op, args) for every registered op, on the cpp backend and the reference."""
+    """(name, op, args) for every registered op on every backend (tiny shapes for Triton)."""
     ops = torch.ops.fused_optim
     cases = []
-    for backend in ("cpp", "reference"):
-        x = torch.randn(4, 3, 5, requires_grad=True)
-        w, b = torch.randn(3, 5, requires_grad=True), torch.randn(3, 5, requires_grad=True)
+    for backend, device in BACKEND_DEVICES:
+        if _backend.unavailable_reason(backend, torch.device(device).type) is not None:
+            continue
+        x = torch.randn(4, 3, 5, device=device, requires_grad=True)
+        w = torch.randn(3, 5, device=device, requires_grad=True)
+        b = torch.randn(3, 5, device=device, requires_grad=True)
         cases.append((f"layer_norm_forward-{backend}", ops.layer_norm_forward, (x, w, b, 2, 1e-5, backend)))
         cases.append((f"layer_norm_forward-noaffine-{backend}", ops.layer_norm_forward, (x, None, None, 1, 1e-5,
                                                                                           backend)))
         _, mean, rstd = ops.layer_norm_forward(x, w, b, 2, 1e-5, backend)
         cases.append((f"layer_norm_backward-{backend}", ops.layer_norm_backward,
-                      (torch.randn(4, 3, 5), x.detach(), w.detach(), mean, rstd, 2, True, True, False, backend)))
-        for name, x in (("planar", torch.randn(4, 3, 6)),
-                        ("channels_last", torch.randn(4, 3, 2, 3).contiguous(memory_format=torch.channels_last))):
+                      (torch.randn(4, 3, 5, device=device), x.detach(), w.detach(), mean, rstd, 2, True, True, True,
+                       backend)))
+        for name, x in (("planar", torch.randn(4, 3, 6, device=device)),
+                        ("channels_last", torch.randn(4, 3, 2, 3, device=device).contiguous(
+                            memory_format=torch.channels_last))):
             x.requires_grad_()
-            w, b = torch.rand(3, requires_grad=True), torch.randn(3, requires_grad=True)
+            w = torch.rand(3, device=device, requires_grad=True)
+            b = torch.randn(3, device=device, requires_grad=True)
             for training in (True, False):
-                stats = (torch.randn(3), torch.rand(3) + 0.5)
+                stats = (torch.randn(3, device=device), torch.rand(3, device=device) + 0.5)
                 cases.append((f"batch_norm_forward-{name}-{training}-{backend}", ops.batch_norm_forward,
                               (x, w, b, *stats, training, 0.1, 1e-5, backend)))
             _, mean, rstd, _, _ = ops.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, backend)
             cases.append((f"batch_norm_backward-{name}-{backend}", ops.batch_norm_backward,
-                          (torch.randn(x.shape), x.detach(), w.detach(), mean, rstd, True, True, False, True,
-                           backend)))
+                          (torch.randn(x.shape, device=device), x.detach(), w.detach(), mean, rstd, True, True, False,
+                           True, backend)))
     return cases
 
 
