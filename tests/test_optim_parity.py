@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fused_optim as fo
-from fused_optim.ops.optim import ListPlan
+from fused_optim.ops._python_book import PythonBook
 from optim_cases import CONFIGS, assert_same_state, clone_params, make_params, set_grads
 
 STEPS = 10
@@ -153,5 +153,5 @@ def test_triton_without_the_extension(config, monkeypatch):
     monkeypatch.setattr(fo._cpp, "get", lambda: None)
     fused_opt, torch_opt, params, expected = run_pair(config, "triton", TRITON_DEVICE, steps=4)
     books = [plan.book for _, group_plans in fused_opt._plans for plan, _, _ in group_plans]
-    assert books and all(isinstance(book, ListPlan) for book in books)
+    assert books and all(isinstance(book, PythonBook) for book in books)
     assert_same_state(fused_opt, torch_opt, params, expected)
