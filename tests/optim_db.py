@@ -33,6 +33,9 @@ class Config:
     groups: tuple = ()
     #: also compared at float64 tolerances (False where torch's own rounding shows there)
     float64: bool = True
+    #: in the parity tables (test_matches_torch, float64); False: a configuration that only a
+    #: focused test runs (against torch there too)
+    parity: bool = True
 
     def param_groups(self, params):
         if not self.groups:
@@ -62,7 +65,7 @@ class OptimizerInfo:
 
     #: the class name in fused_optim and torch.optim
     name: str
-    #: (id, kwargs) or (id, kwargs, groups) or Config-like tuples: see _configs
+    #: its configurations, made with ``spec``
     configs: tuple
     #: constructor calls it rejects (besides COMMON_BAD_INPUTS, which every optimizer rejects)
     bad_inputs: tuple = ()
@@ -73,6 +76,9 @@ class OptimizerInfo:
     supports_sparse: bool = False
     #: keeps a float32 CPU ``step`` tensor per parameter, counting the steps it had a gradient
     has_steps: bool = True
+    #: creates its state in the constructor (as torch's Adagrad), not on a parameter's first
+    #: step: then clearing ``optimizer.state`` is not a restart (torch fails on it too)
+    state_in_constructor: bool = False
     #: which configurations (ids without the "<name>-" prefix) each focused test runs; a test
     #: not named here runs the first configuration
     uses: dict = dataclasses.field(default_factory=dict)
@@ -93,13 +99,8 @@ class OptimizerInfo:
 
     @property
     def all_configs(self):
-        out = []
-        for entry in self.configs:
-            id, kwargs, *rest = entry
-            groups = rest[0] if rest else ()
-            float64 = rest[1] if len(rest) > 1 else True
-            out.append(Config(f"{self.name}-{id}", self.fused, self.torch, dict(kwargs), tuple(groups), float64))
-        return out
+        return [Config(f"{self.name}-{s['id']}", self.fused, self.torch, dict(s["kwargs"]), s["groups"], s["float64"],
+                       s["parity"]) for s in self.configs]
 
     def config(self, id):
         for config in self.all_configs:
@@ -112,8 +113,9 @@ class OptimizerInfo:
         return [self.config(i) for i in ids] if ids else self.all_configs[:1]
 
 
-def _params(ps):
-    return ps
+def spec(id, groups=(), float64=True, parity=True, **kwargs):
+    """One configuration of an OptimizerInfo (see Config for the fields)."""
+    return dict(id=id, kwargs=kwargs, groups=tuple(groups), float64=float64, parity=parity)
 
 
 def _non_leaf(ps):
@@ -170,20 +172,20 @@ def _sgd_kwargs(draw):
 SGD = OptimizerInfo(
     name="SGD",
     configs=(
-        ("plain", dict(lr=0.05)),
-        ("momentum", dict(lr=0.05, momentum=0.9)),
-        ("dampening", dict(lr=0.05, momentum=0.9, dampening=0.3)),
-        ("nesterov", dict(lr=0.05, momentum=0.8, nesterov=True)),
-        ("weight_decay", dict(lr=0.05, momentum=0.9, weight_decay=0.05)),
-        ("maximize", dict(lr=0.05, momentum=0.5, weight_decay=0.01, maximize=True)),
-        ("nesterov_wd_maximize", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True)),
-        ("groups", dict(lr=0.05, momentum=0.9),
-         ({}, {"lr": 0.1, "momentum": 0.0}, {"weight_decay": 0.2, "nesterov": True})),
-        ("fast", dict(lr=0.1, momentum=0.0)),
-        ("fast_momentum", dict(lr=0.1, momentum=0.9)),
-        ("amp", dict(lr=0.05, momentum=0.9, dampening=0.1)),
-        ("clip", dict(lr=0.05, momentum=0.9, nesterov=True)),
-        ("training", dict(lr=0.1, momentum=0.9, nesterov=True)),
+        spec("plain", lr=0.05),
+        spec("momentum", lr=0.05, momentum=0.9),
+        spec("dampening", lr=0.05, momentum=0.9, dampening=0.3),
+        spec("nesterov", lr=0.05, momentum=0.8, nesterov=True),
+        spec("weight_decay", lr=0.05, momentum=0.9, weight_decay=0.05),
+        spec("maximize", lr=0.05, momentum=0.5, weight_decay=0.01, maximize=True),
+        spec("nesterov_wd_maximize", lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
+        spec("groups", lr=0.05, momentum=0.9,
+             groups=({}, {"lr": 0.1, "momentum": 0.0}, {"weight_decay": 0.2, "nesterov": True})),
+        spec("fast", lr=0.1, momentum=0.0, parity=False),
+        spec("fast_momentum", lr=0.1, momentum=0.9, parity=False),
+        spec("amp", lr=0.05, momentum=0.9, dampening=0.1, parity=False),
+        spec("clip", lr=0.05, momentum=0.9, nesterov=True, parity=False),
+        spec("training", lr=0.1, momentum=0.9, nesterov=True, parity=False),
     ),
     bad_inputs=(
         BadInput("negative-lr", {"lr": -0.1}, ValueError, "Invalid learning rate"),
@@ -216,20 +218,20 @@ SGD = OptimizerInfo(
 ADAM = OptimizerInfo(
     name="Adam",
     configs=(
-        ("default", dict(lr=0.01)),
-        ("weight_decay", dict(lr=0.01, weight_decay=0.1)),
-        ("amsgrad", dict(lr=0.01, amsgrad=True)),
-        ("maximize", dict(lr=0.01, maximize=True)),
-        ("amsgrad_wd_maximize", dict(lr=0.01, amsgrad=True, weight_decay=0.05, maximize=True)),
-        ("betas", dict(lr=0.01, betas=(0.5, 0.9), eps=1e-6)),
-        ("small_beta1", dict(lr=0.01, betas=(0.3, 0.99))),
-        ("decoupled", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+        spec("default", lr=0.01),
+        spec("weight_decay", lr=0.01, weight_decay=0.1),
+        spec("amsgrad", lr=0.01, amsgrad=True),
+        spec("maximize", lr=0.01, maximize=True),
+        spec("amsgrad_wd_maximize", lr=0.01, amsgrad=True, weight_decay=0.05, maximize=True),
+        spec("betas", lr=0.01, betas=(0.5, 0.9), eps=1e-6),
+        spec("small_beta1", lr=0.01, betas=(0.3, 0.99)),
+        spec("decoupled", lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
         # Not at float64: with a float32 tensor lr, torch computes lr / bias_correction in float32,
         # which shows at float64 tolerances (4e-10); fused_optim computes it in float64.
-        ("tensor_lr", dict(lr=torch.tensor(0.02)), (), False),
-        ("groups", dict(lr=0.01), ({}, {"lr": 0.05, "amsgrad": True}, {"weight_decay": 0.1, "betas": (0.8, 0.95)})),
-        ("clip", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
-        ("training", dict(lr=3e-3)),
+        spec("tensor_lr", lr=torch.tensor(0.02), float64=False),
+        spec("groups", lr=0.01, groups=({}, {"lr": 0.05, "amsgrad": True}, {"weight_decay": 0.1, "betas": (0.8, 0.95)})),
+        spec("clip", lr=0.01, weight_decay=0.1, amsgrad=True, parity=False),
+        spec("training", lr=3e-3, parity=False),
     ),
     bad_inputs=_ADAM_BAD_INPUTS,
     uses={
@@ -251,13 +253,13 @@ ADAM = OptimizerInfo(
 ADAMW = OptimizerInfo(
     name="AdamW",
     configs=(
-        ("default", dict(lr=0.01)),
-        ("no_decay", dict(lr=0.01, weight_decay=0.0)),
-        ("amsgrad", dict(lr=0.01, amsgrad=True, weight_decay=0.1)),
-        ("maximize", dict(lr=0.01, maximize=True)),
-        ("groups", dict(lr=0.01), ({"weight_decay": 0.0}, {"lr": 0.003, "weight_decay": 0.3}, {"amsgrad": True})),
-        ("amp", dict(lr=0.01, weight_decay=0.1)),
-        ("training", dict(lr=3e-3, weight_decay=0.05, amsgrad=True)),
+        spec("default", lr=0.01),
+        spec("no_decay", lr=0.01, weight_decay=0.0),
+        spec("amsgrad", lr=0.01, amsgrad=True, weight_decay=0.1),
+        spec("maximize", lr=0.01, maximize=True),
+        spec("groups", lr=0.01, groups=({"weight_decay": 0.0}, {"lr": 0.003, "weight_decay": 0.3}, {"amsgrad": True})),
+        spec("amp", lr=0.01, weight_decay=0.1, parity=False),
+        spec("training", lr=3e-3, weight_decay=0.05, amsgrad=True, parity=False),
     ),
     bad_inputs=_ADAM_BAD_INPUTS,
     uses={
@@ -276,8 +278,95 @@ ADAMW = OptimizerInfo(
     random_kwargs=_adam_kwargs(),
 )
 
-OPTIMIZERS = [SGD, ADAM, ADAMW]
-CONFIGS = [config for info in OPTIMIZERS for config in info.all_configs]
+@st.composite
+def _rmsprop_kwargs(draw):
+    return dict(lr=draw(st.floats(1e-4, 0.1)), alpha=draw(_unit), eps=draw(st.floats(1e-10, 1e-2)),
+                weight_decay=draw(st.floats(0.0, 0.5)), momentum=draw(st.sampled_from([0.0, draw(_unit)])),
+                centered=draw(st.booleans()), maximize=draw(st.booleans()))
+
+
+@st.composite
+def _adagrad_kwargs(draw):
+    return dict(lr=draw(st.floats(1e-4, 0.5)), lr_decay=draw(st.floats(0.0, 0.1)),
+                weight_decay=draw(st.floats(0.0, 0.5)), initial_accumulator_value=draw(st.floats(0.0, 1.0)),
+                eps=draw(st.floats(1e-10, 1e-2)), maximize=draw(st.booleans()))
+
+
+RMSPROP = OptimizerInfo(
+    name="RMSprop",
+    configs=(
+        spec("default", lr=0.01),
+        spec("alpha_eps", lr=0.01, alpha=0.9, eps=1e-6),
+        spec("weight_decay", lr=0.01, weight_decay=0.1),
+        spec("momentum", lr=0.01, momentum=0.9),
+        spec("centered", lr=0.01, centered=True),
+        spec("maximize", lr=0.01, momentum=0.5, weight_decay=0.05, maximize=True),
+        spec("centered_momentum_wd_maximize", lr=0.01, centered=True, momentum=0.5, weight_decay=0.05, maximize=True),
+        spec("tensor_lr", lr=torch.tensor(0.02), float64=False),
+        spec("groups", lr=0.01, groups=({}, {"lr": 0.05, "momentum": 0.9}, {"centered": True, "alpha": 0.95})),
+    ),
+    bad_inputs=(
+        BadInput("negative-lr", {"lr": -0.1}, ValueError, "Invalid learning rate"),
+        BadInput("negative-eps", {"eps": -1e-8}, ValueError, "Invalid epsilon"),
+        BadInput("negative-momentum", {"momentum": -0.5}, ValueError, "Invalid momentum"),
+        BadInput("negative-weight-decay", {"weight_decay": -1.0}, ValueError, "Invalid weight_decay"),
+        BadInput("negative-alpha", {"alpha": -0.1}, ValueError, "Invalid alpha"),
+    ),
+    uses={
+        "complex": ("centered_momentum_wd_maximize",),
+        "round_trip": ("centered_momentum_wd_maximize", "groups"),
+        "schedulers": ("momentum",),
+        "low_precision": ("default", "centered_momentum_wd_maximize"),
+        "without_extension": ("centered_momentum_wd_maximize",),
+        "state": ("centered_momentum_wd_maximize",),
+        "amp": ("centered_momentum_wd_maximize",),
+        "clip": ("momentum",),
+        "training": ("default",),
+    },
+    retune={"lr": 0.02, "alpha": 0.9},
+    random_kwargs=_rmsprop_kwargs(),
+)
+
+ADAGRAD = OptimizerInfo(
+    name="Adagrad",
+    configs=(
+        spec("default", lr=0.05),
+        spec("weight_decay", lr=0.05, weight_decay=0.1),
+        spec("maximize", lr=0.05, weight_decay=0.1, maximize=True),
+        spec("initial_accumulator_value", lr=0.05, initial_accumulator_value=0.1, eps=1e-6),
+        spec("lr_decay", lr=0.1, lr_decay=0.5, weight_decay=0.1),
+        spec("tensor_lr", lr=torch.tensor(0.02), float64=False),
+        spec("groups", lr=0.05, groups=({}, {"lr": 0.1, "lr_decay": 0.1}, {"weight_decay": 0.2})),
+    ),
+    bad_inputs=(
+        BadInput("negative-lr", {"lr": -0.1}, ValueError, "Invalid learning rate"),
+        BadInput("negative-lr-decay", {"lr_decay": -0.5}, ValueError, "Invalid lr_decay"),
+        BadInput("negative-weight-decay", {"weight_decay": -1.0}, ValueError, "Invalid weight_decay"),
+        BadInput("negative-initial-accumulator", {"initial_accumulator_value": -1.0}, ValueError,
+                 "Invalid initial_accumulator_value"),
+        BadInput("negative-eps", {"eps": -1e-8}, ValueError, "Invalid epsilon"),
+    ),
+    supports_sparse=True,
+    state_in_constructor=True,
+    uses={
+        "complex": ("lr_decay",),
+        "round_trip": ("lr_decay", "groups"),
+        "low_precision": ("default", "maximize"),
+        "without_extension": ("lr_decay",),
+        "state": ("initial_accumulator_value",),
+        "amp": ("weight_decay",),
+        "clip": ("lr_decay",),
+        "training": ("default",),
+    },
+    retune={"lr": 0.02, "lr_decay": 0.01},
+    random_kwargs=_adagrad_kwargs(),
+)
+
+#: every optimizer the tests know; those fused_optim does not have yet are left out of OPTIMIZERS
+KNOWN = [SGD, ADAM, ADAMW, RMSPROP, ADAGRAD]
+OPTIMIZERS = [info for info in KNOWN if hasattr(fo, info.name)]
+#: the parity table: every optimizer's configurations, less those only focused tests run
+CONFIGS = [config for info in OPTIMIZERS for config in info.all_configs if config.parity]
 
 
 def configs_for(test, infos=OPTIMIZERS):
