@@ -76,7 +76,7 @@ def test_sparse_gradients_match_torch(info, backend_device):
     params = [torch.randn(10, 3, generator=g).requires_grad_(), torch.randn(7, generator=g).requires_grad_()]
     expected = [p.detach().clone().requires_grad_() for p in params]
     fused_opt = config.fused(params, backend=backend, **config.kwargs)
-    torch_opt = config.torch(expected, **config.kwargs)
+    torch_opt = config.torch(expected, foreach=False, **config.kwargs)
     for _ in range(4):
         rows = torch.randint(0, 10, (6,), generator=g)
         sparse = torch.sparse_coo_tensor(rows[None], torch.randn(6, 3, generator=g), (10, 3), check_invariants=True)
