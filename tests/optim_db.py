@@ -59,6 +59,31 @@ class BadInput:
     params: Optional[Callable] = None
 
 
+#: the focused tests that run chosen configurations (OptimizerInfo.uses), and where they are
+ROLES = {
+    "complex": "test_optim_parity.test_complex_matches_torch",
+    "sparse": "test_optim_parity.test_sparse_gradients_match_torch",
+    "mixed_dtypes": "test_optim_parity.test_mixed_dtypes_in_one_group",
+    "closure": "test_optim_parity.test_closure_and_zero_grad",
+    "add_param_group": "test_optim_parity.test_add_param_group_mid_training",
+    "retune": "test_optim_parity.test_hyperparameters_changed_between_steps",
+    "without_extension": "test_optim_parity.test_triton_without_the_extension",
+    "state": "test_optim_errors (the stepped optimizer), test_optim_state (saved file, dtype conversion)",
+    "round_trip": "test_optim_state.test_torch_to_fused_to_torch",
+    "schedulers": "test_optim_state.test_lr_schedulers_drive_fused_as_torch",
+    "pickle": "test_optim_state.test_pickle_and_deepcopy_keep_backend_and_state, test_fused_clip_step",
+    "state_reset": "test_optim_state.test_state_reset_starts_over",
+    "steps": "test_optim_state.test_state_step_is_a_float32_cpu_tensor_per_parameter",
+    "low_precision": "test_optim_low_precision (backends against the reference, one step against torch)",
+    "state_dict_float32": "test_optim_low_precision.test_state_dict_keeps_float32_state_exactly",
+    "amp": "test_amp (GradScaler loops)",
+    "skipped_first_step": "test_amp.test_skipped_first_step_creates_empty_state",
+    "clip": "test_fused_clip_step.test_fused_clip_equals_clip_then_step",
+    "clip_groups": "test_fused_clip_step.test_fused_clip_over_groups_and_dtypes",
+    "training": "test_training_digits",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerInfo:
     """What the tests know about one optimizer (see the module docstring)."""
@@ -79,8 +104,8 @@ class OptimizerInfo:
     #: creates its state in the constructor (as torch's Adagrad), not on a parameter's first
     #: step: then clearing ``optimizer.state`` is not a restart (torch fails on it too)
     state_in_constructor: bool = False
-    #: which configurations (ids without the "<name>-" prefix) each focused test runs; a test
-    #: not named here runs the first configuration
+    #: which configurations (ids without the "<name>-" prefix) each focused test (a key of
+    #: ROLES) runs; a test not named here runs the first configuration
     uses: dict = dataclasses.field(default_factory=dict)
     #: the overrides of a group added after three steps (test_add_param_group_mid_training)
     late_group: dict = dataclasses.field(default_factory=lambda: {"lr": 0.03})
@@ -88,6 +113,14 @@ class OptimizerInfo:
     retune: dict = dataclasses.field(default_factory=lambda: {"lr": 0.02})
     #: a hypothesis strategy of valid constructor arguments (test_optim_properties), or None
     random_kwargs: Optional[st.SearchStrategy] = None
+
+    def __post_init__(self):
+        ids = [s["id"] for s in self.configs]
+        unknown = set(self.uses) - set(ROLES)
+        missing = {i for ids_ in self.uses.values() for i in ids_} - set(ids)
+        if unknown or missing or len(set(ids)) != len(ids):
+            raise ValueError(f"{self.name}: unknown roles {sorted(unknown)}, unknown configurations {sorted(missing)}, "
+                             f"or a configuration id used twice")
 
     @property
     def fused(self):
@@ -109,6 +142,8 @@ class OptimizerInfo:
         raise KeyError(f"{self.name} has no configuration {id!r}")
 
     def configs_for(self, test):
+        if test not in ROLES:
+            raise KeyError(f"no role {test!r} in optim_db.ROLES")
         ids = self.uses.get(test)
         return [self.config(i) for i in ids] if ids else self.all_configs[:1]
 
