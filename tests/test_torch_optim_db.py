@@ -55,7 +55,8 @@ def configs(name, dtype=torch.float32, with_flags=True):
     return [(f"{name}-{i.desc}".replace(" ", "_"), i.kwargs) for i in inputs]
 
 
-def mark(case_id, kwargs, *values):
+def config_param(case_id, kwargs, *values):
+    """A configuration case, a strict xfail while differentiable=True is a known gap."""
     marks = [pytest.mark.xfail(strict=True, reason=DIFFERENTIABLE)] if kwargs.get("differentiable") else []
     return pytest.param(*values, id=case_id, marks=marks)
 
@@ -66,11 +67,12 @@ def config_cases():
         for backend, device in BACKENDS:
             # the Triton interpreter is slow: torch's configurations without the flag variants
             for case_id, kwargs in configs(name, with_flags=backend != "triton"):
-                cases.append(mark(f"{case_id}-{backend}", kwargs, name, kwargs, backend, device))
+                cases.append(config_param(f"{case_id}-{backend}", kwargs, name, kwargs, backend, device))
     return cases
 
 
 def make_params(device, dtype, backend, seed=0):
+    """Small parameters of awkward shapes (0-dim, 1, 7, 2-D, one transposed); two for Triton."""
     g = torch.Generator().manual_seed(seed)
     shapes = [(7,), (3, 5)] if backend == "triton" else [(), (1,), (7,), (3, 5), (33,), (4, 6)]
     params = [torch.randn(s, generator=g, dtype=torch.float64).to(device, dtype) for s in shapes]
