@@ -1,6 +1,7 @@
 #include "multi_tensor_plan.h"
 
 #include <cmath>
+#include <map>
 
 #include "dtypes.h"
 #include "grad_norm.h"
@@ -11,10 +12,23 @@
 namespace fused_optim {
 namespace {
 
+std::map<std::string, OptimizerKernel>& optimizer_kernels() {
+  static std::map<std::string, OptimizerKernel> all;
+  return all;
+}
+
 at::Tensor real_view(const at::Tensor& t) { return t.is_complex() ? at::view_as_real(t) : t; }
 
 c10::ScalarType real_dtype(const at::Tensor& t) {
   return t.is_complex() ? c10::toRealValueType(t.scalar_type()) : t.scalar_type();
+}
+
+// A tensor whose data pointer means what it says: dense strided memory of its own, no Python
+// subclass (DTensor, FakeTensor...), no functionalization wrapper, not meta.
+bool has_plain_storage(const at::Tensor& t) {
+  const auto keys = t.key_set();
+  return t.layout() == c10::kStrided && t.has_storage() && !t.is_meta() && !keys.has(c10::DispatchKey::Python) &&
+         !keys.has(c10::DispatchKey::Functionalize);
 }
 
 // The next tensor's streams, requested while the current one is updated (see prefetch_head).
@@ -37,23 +51,44 @@ bool flat_compatible(const at::Tensor& p, const at::Tensor& g, const std::vector
   return true;
 }
 
+// A 0-dim scalar tensor's value, read on the host.
+double host_value(const at::Tensor& t) { return t.item<double>(); }
+
 }  // namespace
 
+const OptimizerKernel* find_optimizer_kernel(const std::string& name) {
+  auto& all = optimizer_kernels();
+  const auto it = all.find(name);
+  return it == all.end() ? nullptr : &it->second;
+}
+
+RegisterOptimizerKernel::RegisterOptimizerKernel(const char* name, OptimizerKernel kernel) {
+  optimizer_kernels()[name] = kernel;
+}
+
 MultiTensorPlan::MultiTensorPlan(std::vector<at::Tensor> params, int64_t n_state, std::optional<at::Tensor> steps,
-                                 std::string optimizer)
+                                 std::string optimizer, std::string kernel)
     : params_(std::move(params)),
       n_state_(n_state),
       steps_(steps.has_value() ? std::move(*steps) : at::Tensor()),
       optimizer_(std::move(optimizer)),
+      kernel_(nullptr),
       dtype_(c10::ScalarType::Float),
       device_(c10::kCPU) {
-  TORCH_CHECK(n_state_ >= 0 && n_state_ <= 3, "MultiTensorPlan: at most 3 state tensors per parameter");
+  TORCH_CHECK(n_state_ >= 0 && n_state_ <= kMaxState, "MultiTensorPlan: at most ", kMaxState,
+              " state tensors per parameter");
+  if (!kernel.empty()) {
+    kernel_ = find_optimizer_kernel(kernel);
+    TORCH_CHECK(kernel_ != nullptr, "MultiTensorPlan: no C++ optimizer kernel named '", kernel, "'");
+  }
   const size_t n = params_.size();
   if (n > 0) {
     dtype_ = real_dtype(params_[0]);
     device_ = params_[0].device();
   }
   for (const auto& p : params_) {
+    TORCH_CHECK(has_plain_storage(p), optimizer_, ": the C++ plan takes plain dense tensors, got a ", p.toString(),
+                " on ", p.device());
     TORCH_CHECK(real_dtype(p) == dtype_ && p.device() == device_,
                 "MultiTensorPlan: all parameters of a plan share one device and real dtype");
     is_complex_.push_back(p.is_complex());
@@ -64,39 +99,46 @@ MultiTensorPlan::MultiTensorPlan(std::vector<at::Tensor> params, int64_t n_state
                 "MultiTensorPlan: steps must be a contiguous float32 CPU tensor with one entry per parameter");
   }
   state_.assign(n, {});
+  bound_state_.assign(n, BoundState{});
   bound_.assign(n, 0);
   fresh_.assign(n, 0);
 }
 
-std::pair<bool, std::vector<int64_t>> MultiTensorPlan::scan() {
+std::tuple<bool, std::vector<int64_t>, std::vector<int64_t>> MultiTensorPlan::scan(bool allow_sparse) {
   scanned_ = false;
   active_.clear();
   grads_.clear();
   complex_grads_.clear();
   complex_grads_.reserve(params_.size());
   std::vector<int64_t> need_state;
+  std::vector<int64_t> sparse;
   for (size_t i = 0; i < params_.size(); ++i) {
     const at::Tensor& p = params_[i];
     const at::Tensor& g = p.grad();
     if (!g.defined()) continue;
+    if (real_dtype(p) != dtype_ || p.device() != device_ || p.is_complex() != bool(is_complex_[i])) {
+      return {true, {}, {}};
+    }
+    if (g.is_sparse() && allow_sparse) {
+      sparse.push_back(static_cast<int64_t>(i));
+      continue;
+    }
     TORCH_CHECK(!g.is_sparse() && g.layout() == c10::kStrided, optimizer_,
                 " does not support sparse gradients (parameter ", i, " of its group has one)");
-    if (real_dtype(p) != dtype_ || p.device() != device_ || p.is_complex() != bool(is_complex_[i])) {
-      return {true, {}};
-    }
     TORCH_CHECK(g.scalar_type() == p.scalar_type(), optimizer_, ": the gradient of parameter ", i, " has dtype ",
                 g.scalar_type(), " but the parameter has dtype ", p.scalar_type());
     TORCH_CHECK(g.device() == p.device(), optimizer_, ": the gradient of parameter ", i, " is on ", g.device(),
                 " but the parameter is on ", p.device());
     TORCH_CHECK(g.sizes() == p.sizes(), optimizer_, ": the gradient of parameter ", i, " has shape ", g.sizes(),
                 " but the parameter has shape ", p.sizes());
+    TORCH_CHECK(has_plain_storage(g), optimizer_, ": the gradient of parameter ", i,
+                " is not a plain dense tensor (a tensor subclass or one without storage)");
     if (bound_[i]) {
       const int64_t numel = is_complex_[i] ? 2 * p.numel() : p.numel();
-      for (const auto& s : state_[i]) {
-        TORCH_CHECK(s.numel() == numel, optimizer_, ": parameter ", i, " has ", p.numel(),
-                    " elements but its state was created for ", (is_complex_[i] ? s.numel() / 2 : s.numel()),
-                    "; the parameter was replaced after its first step");
-      }
+      const int64_t state_numel = bound_state_[i].numel;
+      TORCH_CHECK(n_state_ == 0 || state_numel == numel, optimizer_, ": parameter ", i, " has ", p.numel(),
+                  " elements but its state was created for ", (is_complex_[i] ? state_numel / 2 : state_numel),
+                  "; the parameter was replaced after its first step");
     } else {
       need_state.push_back(static_cast<int64_t>(i));
     }
@@ -109,7 +151,7 @@ std::pair<bool, std::vector<int64_t>> MultiTensorPlan::scan() {
     }
   }
   scanned_ = true;
-  return {false, need_state};
+  return {false, need_state, sparse};
 }
 
 void MultiTensorPlan::bind(int64_t index, const std::vector<at::Tensor>& state, bool fresh) {
@@ -120,13 +162,21 @@ void MultiTensorPlan::bind(int64_t index, const std::vector<at::Tensor>& state, 
   const c10::ScalarType want = state_dtype_for(dtype_);
   std::vector<at::Tensor> views;
   for (const auto& s : state) {
-    TORCH_CHECK(s.defined() && s.device() == p.device() && s.is_complex() == p.is_complex() &&
+    TORCH_CHECK(s.defined() && has_plain_storage(s) && s.device() == p.device() && s.is_complex() == p.is_complex() &&
                     real_dtype(s) == want && s.sizes() == p.sizes(),
                 optimizer_, ": state of parameter ", index, " must be a ", want, " tensor of shape ", p.sizes(),
                 " on ", p.device(), " (", p.is_complex() ? "complex" : "real", "), got ",
                 s.defined() ? s.toString() : std::string("None"), " of shape ", s.sizes());
     views.push_back(real_view(s));
   }
+  BoundState cached{};
+  cached.numel = is_complex_[index] ? 2 * p.numel() : p.numel();
+  cached.contiguous = true;
+  for (size_t k = 0; k < views.size(); ++k) {
+    cached.data[k] = views[k].data_ptr();
+    cached.contiguous = cached.contiguous && views[k].is_contiguous();
+  }
+  bound_state_[index] = cached;
   state_[index] = std::move(views);
   bound_[index] = 1;
   fresh_[index] = fresh ? 1 : 0;
@@ -149,9 +199,18 @@ void MultiTensorPlan::gather_work() {
     const at::Tensor p = is_complex_[i] ? at::view_as_real(params_[i]) : at::Tensor();
     const at::Tensor& param = is_complex_[i] ? p : params_[i];
     const at::Tensor& g = *grads_[a];
-    std::vector<at::Tensor>& state = state_[i];
+    const BoundState& cached = bound_state_[i];
     Work w{};
     w.index = i;
+    if (cached.contiguous && param.is_contiguous() && g.is_contiguous()) {
+      w.param = param.data_ptr();
+      w.grad = g.data_ptr();
+      for (int64_t k = 0; k < n_state_; ++k) w.state[k] = cached.data[k];
+      work_.push_back(w);
+      prefix_.push_back(prefix_.back() + param.numel());
+      continue;
+    }
+    std::vector<at::Tensor>& state = state_[i];
     if (flat_compatible(param, g, state)) {
       w.param = param.data_ptr();
       w.grad = g.data_ptr();
@@ -173,12 +232,6 @@ void MultiTensorPlan::gather_work() {
   }
 }
 
-void MultiTensorPlan::finish() {
-  write_back();
-  for (int64_t i : active_) fresh_[i] = 0;
-  forget_scan();
-}
-
 void MultiTensorPlan::write_back() {
   for (auto& [destination, copy] : write_back_) destination.copy_(copy);
   write_back_.clear();
@@ -192,18 +245,30 @@ void MultiTensorPlan::forget_scan() {
   scanned_ = false;
 }
 
+const std::vector<int64_t>& MultiTensorPlan::active() const {
+  TORCH_CHECK(scanned_, "MultiTensorPlan: scan() must precede a step");
+  return active_;
+}
+
+std::vector<int64_t> MultiTensorPlan::fresh() const { return std::vector<int64_t>(fresh_.begin(), fresh_.end()); }
+
+void MultiTensorPlan::finish_step() {
+  for (int64_t i : active_) fresh_[i] = 0;
+  forget_scan();
+}
+
 at::Tensor MultiTensorPlan::launch_rows(int64_t counters_address) {
   check_scanned();
   gather_work();
-  at::Tensor rows = at::zeros({static_cast<int64_t>(work_.size()), 8}, at::kLong);
+  at::Tensor rows = at::zeros({static_cast<int64_t>(work_.size()), launch_row::kWords}, at::kLong);
   int64_t* row = rows.data_ptr<int64_t>();
-  for (size_t a = 0; a < work_.size(); ++a, row += 8) {
+  for (size_t a = 0; a < work_.size(); ++a, row += launch_row::kWords) {
     const Work& w = work_[a];
-    row[0] = reinterpret_cast<int64_t>(w.param);
-    row[1] = reinterpret_cast<int64_t>(w.grad);
-    for (int64_t k = 0; k < n_state_; ++k) row[2 + k] = reinterpret_cast<int64_t>(w.state[k]);
-    row[5] = prefix_[a + 1] - prefix_[a];
-    row[6] = counters_address + 4 * w.index;
+    row[launch_row::kParam] = reinterpret_cast<int64_t>(w.param);
+    row[launch_row::kGrad] = reinterpret_cast<int64_t>(w.grad);
+    for (int64_t k = 0; k < n_state_; ++k) row[launch_row::kState + k] = reinterpret_cast<int64_t>(w.state[k]);
+    row[launch_row::kNumel] = prefix_[a + 1] - prefix_[a];
+    row[launch_row::kCounter] = counters_address + 4 * w.index;
   }
   return rows;
 }
@@ -219,93 +284,65 @@ double MultiTensorPlan::grad_norm_power_sum(double p) const {
   return norm_power_sum(grads_, p);
 }
 
-void MultiTensorPlan::adam(double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                           bool maximize, bool decoupled_weight_decay, double grad_factor, bool skip) {
+void MultiTensorPlan::update(const std::vector<double>& scalars, const std::vector<int64_t>& flags,
+                             std::optional<at::Tensor> grad_factor, std::optional<at::Tensor> found_inf) {
   check_scanned();
-  if (skip) {
-    forget_scan();  // a skipped first step leaves SGD's buffers fresh
+  TORCH_CHECK(kernel_ != nullptr, "MultiTensorPlan.update: the plan was built without a kernel");
+  TORCH_CHECK(scalars.size() <= kMaxScalars && flags.size() <= kMaxFlags, "MultiTensorPlan.update: at most ",
+              kMaxScalars, " scalars and ", kMaxFlags, " flags");
+  if (found_inf.has_value() && host_value(*found_inf) != 0.0) {
+    forget_scan();  // a skipped step changes nothing: counters and first-step flags stay
     return;
   }
-  TORCH_CHECK(n_state_ == (amsgrad ? 3 : 2), "MultiTensorPlan.adam: the plan was built with ", n_state_,
-              " state tensors per parameter");
-  TORCH_CHECK(steps_.defined(), "MultiTensorPlan.adam: the plan has no step counts");
+  double scalar_values[kMaxScalars] = {};
+  int64_t flag_values[kMaxFlags] = {};
+  std::copy(scalars.begin(), scalars.end(), scalar_values);
+  std::copy(flags.begin(), flags.end(), flag_values);
+  TORCH_CHECK(n_state_ == kernel_->n_state(flag_values), "MultiTensorPlan.update: the plan was built with ",
+              n_state_, " state tensors per parameter, the kernel reads ", kernel_->n_state(flag_values));
+  const double factor = grad_factor.has_value() ? host_value(*grad_factor) : 1.0;
   gather_work();
-  float* steps = steps_.data_ptr<float>();
-  per_tensor_adam_.resize(work_.size());
+  // Counters first, then each tensor's scalars: parameters of a group usually share their step,
+  // so prepare() runs once per distinct step.
+  float* steps = steps_.defined() ? steps_.data_ptr<float>() : nullptr;
+  tensor_scalars_.assign(work_.size() * kMaxTensorScalars, 0.0);
+  first_.resize(work_.size());
   float last_step = -1.0f;
-  AdamTensorConstants last{};
   for (size_t a = 0; a < work_.size(); ++a) {
-    float& step = steps[work_[a].index];
-    step += 1.0f;
-    if (step != last_step) {  // parameters of a group usually share their step: compute once
-      const double t = step;
-      last.neg_step_size = -(lr / (1.0 - std::pow(beta1, t)));
-      last.bias_correction2_sqrt = std::sqrt(1.0 - std::pow(beta2, t));
+    const int64_t index = work_[a].index;
+    first_[a] = fresh_[index];
+    const float step = steps != nullptr ? (steps[index] += 1.0f) : 0.0f;
+    double* mine = &tensor_scalars_[a * kMaxTensorScalars];
+    if (a > 0 && step == last_step) {
+      std::copy(mine - kMaxTensorScalars, mine, mine);
+    } else {
+      kernel_->prepare(scalar_values, flag_values, step, mine);
       last_step = step;
     }
-    per_tensor_adam_[a] = last;
   }
-  const std::vector<AdamTensorConstants>& per_tensor = per_tensor_adam_;
-  AdamConstants constants{};
-  constants.beta1 = beta1;
-  constants.beta2 = beta2;
-  constants.eps = eps;
-  const bool decay = weight_decay != 0;
-  constants.l2_weight_decay = (decay && !decoupled_weight_decay) ? weight_decay : 0.0;
-  constants.decay = (decay && decoupled_weight_decay) ? 1.0 - lr * weight_decay : 1.0;
-  constants.grad_sign = maximize ? -1.0 : 1.0;
-  constants.grad_factor = grad_factor;
-  constants.amsgrad = amsgrad;
   {
     pybind11::gil_scoped_release no_gil;
-    const c10::ScalarType dtype = dtype_;
+    const size_t param_size = c10::elementSize(dtype_);
+    const size_t state_size = c10::elementSize(state_dtype_for(dtype_));
+    const int64_t n_state = n_state_;
+    const OptimizerKernel* kernel = kernel_;
     parallel_over_elements(prefix_, [&](int64_t t, int64_t begin, int64_t end) {
       const Work& w = work_[t];
-      const size_t pe = c10::elementSize(dtype);
-      const size_t se = c10::elementSize(state_dtype_for(dtype));
       if (t + 1 < static_cast<int64_t>(work_.size())) {
         const Work& next = work_[t + 1];
-        prefetch_work(next.param, next.grad, next.state, amsgrad ? 3 : 2);
+        prefetch_work(next.param, next.grad, next.state, n_state);
       }
-      adam_update(dtype, static_cast<char*>(w.param) + begin * pe, static_cast<const char*>(w.grad) + begin * pe,
-                  static_cast<char*>(w.state[0]) + begin * se, static_cast<char*>(w.state[1]) + begin * se,
-                  amsgrad ? static_cast<char*>(w.state[2]) + begin * se : nullptr, end - begin, constants,
-                  per_tensor[t]);
+      Streams streams{};
+      streams.param = static_cast<char*>(w.param) + begin * param_size;
+      streams.grad = static_cast<const char*>(w.grad) + begin * param_size;
+      for (int64_t k = 0; k < n_state; ++k) streams.state[k] = static_cast<char*>(w.state[k]) + begin * state_size;
+      const UpdateArgs args{scalar_values, flag_values, &tensor_scalars_[t * kMaxTensorScalars], factor,
+                            first_[t] != 0};
+      kernel->update(dtype_, streams, end - begin, args);
     });
   }
-  finish();
-}
-
-void MultiTensorPlan::sgd(double lr, double momentum, double dampening, double weight_decay, bool nesterov,
-                          bool maximize, double grad_factor, bool skip) {
-  check_scanned();
-  if (skip) {
-    forget_scan();  // a skipped first step leaves SGD's buffers fresh
-    return;
-  }
-  TORCH_CHECK(n_state_ == (momentum != 0 ? 1 : 0), "MultiTensorPlan.sgd: the plan was built with ", n_state_,
-              " state tensors per parameter");
-  gather_work();
-  SgdConstants constants{lr, momentum, dampening, weight_decay, maximize ? -1.0 : 1.0, grad_factor, nesterov};
-  std::vector<char> first(work_.size());
-  for (size_t a = 0; a < work_.size(); ++a) first[a] = fresh_[work_[a].index];
-  {
-    pybind11::gil_scoped_release no_gil;
-    const c10::ScalarType dtype = dtype_;
-    parallel_over_elements(prefix_, [&](int64_t t, int64_t begin, int64_t end) {
-      const Work& w = work_[t];
-      const size_t pe = c10::elementSize(dtype);
-      const size_t se = c10::elementSize(state_dtype_for(dtype));
-      if (t + 1 < static_cast<int64_t>(work_.size())) {
-        const Work& next = work_[t + 1];
-        prefetch_work(next.param, next.grad, next.state, momentum != 0 ? 1 : 0);
-      }
-      sgd_update(dtype, static_cast<char*>(w.param) + begin * pe, static_cast<const char*>(w.grad) + begin * pe,
-                 momentum != 0 ? static_cast<char*>(w.state[0]) + begin * se : nullptr, end - begin, constants,
-                 first[t]);
-    });
-  }
-  finish();
+  write_back();
+  finish_step();
 }
 
 namespace {
@@ -315,19 +352,33 @@ void register_bindings(pybind11::module_& m) {
   // module_local: the loader may import a stale prebuilt extension before it loads a JIT build of
   // newer sources into the same process; each module must own its type.
   py::class_<MultiTensorPlan>(m, "MultiTensorPlan", py::module_local())
-      .def(py::init<std::vector<at::Tensor>, int64_t, std::optional<at::Tensor>, std::string>(), py::arg("params"),
-           py::arg("n_state"), py::arg("steps"), py::arg("optimizer"))
-      .def("scan", &MultiTensorPlan::scan)
+      .def(py::init<std::vector<at::Tensor>, int64_t, std::optional<at::Tensor>, std::string, std::string>(),
+           py::arg("params"), py::arg("n_state"), py::arg("steps"), py::arg("optimizer"), py::arg("kernel") = "")
+      .def("scan", &MultiTensorPlan::scan, py::arg("allow_sparse") = false)
       .def("bind", &MultiTensorPlan::bind, py::arg("index"), py::arg("state"), py::arg("fresh"))
       .def("grad_norm_power_sum", &MultiTensorPlan::grad_norm_power_sum, py::arg("p"))
+      .def("update", &MultiTensorPlan::update, py::arg("scalars"), py::arg("flags"), py::arg("grad_factor"),
+           py::arg("found_inf"))
+      .def("active", &MultiTensorPlan::active)
+      .def("fresh", &MultiTensorPlan::fresh)
+      .def("finish_step", &MultiTensorPlan::finish_step)
       .def("launch_rows", &MultiTensorPlan::launch_rows, py::arg("counters_address"))
       .def("finish_launch", &MultiTensorPlan::finish_launch)
-      .def("adam", &MultiTensorPlan::adam, py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
-           py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled_weight_decay"),
-           py::arg("grad_factor"), py::arg("skip"))
-      .def("sgd", &MultiTensorPlan::sgd, py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
-           py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("grad_factor"), py::arg("skip"))
       .def("__len__", &MultiTensorPlan::size);
+  py::dict row;
+  row["WORDS"] = launch_row::kWords;
+  row["PARAM"] = launch_row::kParam;
+  row["GRAD"] = launch_row::kGrad;
+  row["STATE"] = launch_row::kState;
+  row["MAX_STATE"] = kMaxState;
+  row["NUMEL"] = launch_row::kNumel;
+  row["COUNTER"] = launch_row::kCounter;
+  m.attr("LAUNCH_ROW") = row;
+  m.attr("MAX_KERNEL_SCALARS") = kMaxScalars;
+  m.attr("MAX_KERNEL_FLAGS") = kMaxFlags;
+  py::list names;
+  for (const auto& [name, kernel] : optimizer_kernels()) names.append(name);
+  m.attr("OPTIMIZER_KERNELS") = names;
 }
 
 const RegisterBindings registered(register_bindings);

@@ -19,7 +19,7 @@ from .nn import (
 )
 from .ops.batch_norm import batch_norm
 from .ops.layer_norm import layer_norm
-from .optim import SGD, Adam, AdamW
+from .optim import SGD, Adagrad, Adam, AdamW, RMSprop
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,8 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "RMSprop",
+    "Adagrad",
     "clip_grad_norm_",
     "clip_grad_value_",
     "clip_grads_with_norm_",

@@ -1,4 +1,6 @@
-"""Memory-layout facts about tensors, shared by every layer."""
+"""Memory-layout and dtype facts about tensors, shared by every layer: the dtype policy (what an
+update computes in, what its state is stored in, real views of complex tensors) and the launch-row
+layout of the multi-tensor optimizer kernels."""
 
 import torch
 
@@ -14,6 +16,18 @@ def is_dense(t):
             return False
         expected *= size
     return True
+
+
+def compute_dtype(dtype):
+    """The dtype the math runs in for tensors of ``dtype``: float64 for float64 (and complex128),
+    float32 for everything else (16-bit floats are computed in float32 and rounded once)."""
+    return torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32
+
+
+def state_dtype(dtype):
+    """The dtype of optimizer state for parameters of ``dtype``: float32 for 16-bit floats, so no
+    moment overflows and no ``eps`` flushes to zero; the parameter's own dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def real_dtype(t):
@@ -54,3 +68,27 @@ def write_back(copies):
     for destination, copy in copies:
         if destination is not None:
             destination.copy_(copy)
+
+
+class LaunchRow:
+    """One int64 row per tensor of a multi-tensor optimizer launch: the data addresses of the
+    parameter, its gradient and up to MAX_STATE state tensors (0 when absent), its element count
+    (real elements) and the address of its float32 counter (step count or first-step flag).
+
+    The C++ plan writes these rows (csrc/optimizer.h, ``launch_row``, exported as
+    ``_C.LAUNCH_ROW``), the Triton kernels read them (as constexprs), and the no-compiler
+    bookkeeper builds them; tests/test_launch_layout.py checks that all agree.
+    """
+
+    WORDS = 8
+    PARAM = 0
+    GRAD = 1
+    STATE = 2
+    MAX_STATE = 4
+    NUMEL = 6
+    COUNTER = 7
+
+
+#: at most this many float64 kernel scalars and compile-time flags per param group (a spec's fold)
+MAX_KERNEL_SCALARS = 8
+MAX_KERNEL_FLAGS = 8

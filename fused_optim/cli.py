@@ -1,9 +1,11 @@
-"""The ``fused-optim`` command (also ``python -m fused_optim``): bench, check, info.
+"""The ``fused-optim`` command (also ``python -m fused_optim``): bench, check, info, lr-find, compare.
 
     fused-optim bench [--op adam,sgd] [--workload gpt2] [--device cuda] [--dtype float32] [--quick] [--cold]
                       [--reference] [--threads N] [--time-per-case S] [--json PATH] [--csv PATH] [--plot PATH]
     fused-optim check [--op ...] [--device ...] [--dtype ...] [--json PATH]
     fused-optim info  [--json PATH]
+    fused-optim lr-find [--model mlp|cnn] [--optimizers adam,sgd] [--implementation fused|torch] [--plot PATH] ...
+    fused-optim compare [--model mlp|cnn] [--epochs N] [--optimizers ...] [--implementation ...] [--plot PATH] ...
 
 Exit status: 0 on success, 1 when ``check`` finds a failure (or the fast backend for the device
 cannot run), 2 for bad arguments, 130 when interrupted.
@@ -95,7 +97,7 @@ def build_parser():
 
     parser = argparse.ArgumentParser(
         prog="fused-optim",
-        description="Benchmark, check and describe fused_optim on this machine.",
+        description="Benchmark, check and describe fused_optim on this machine; find learning rates and compare optimizers.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -136,6 +138,22 @@ def build_parser():
 
     info = commands.add_parser("info", help="versions, devices, and which backends are available (and why not)")
     info.add_argument("--json", metavar="PATH", help="write the same as JSON")
+
+    from .training import _commands as training_commands
+
+    lr_find = commands.add_parser(
+        "lr-find", help="learning-rate range test on a small model (scikit-learn's digits) and the suggested rates",
+        description="Sweep the learning rate of each optimizer upwards over a short run on scikit-learn's digits, "
+        "print the suggested learning rates (valley, steepest, minimum) and plot loss against learning rate.",
+    )
+    compare = commands.add_parser(
+        "compare", help="train a small model (scikit-learn's digits) with several optimizers and compare the curves",
+        description="Train the same model from the same weights on the same batches with each optimizer; print final "
+        "and best train/validation loss, validation accuracy and time per step; plot the curves.",
+    )
+    training_commands.add_arguments(lr_find, compare)
+    lr_find.set_defaults(handler=training_commands.cmd_lr_find, command_parser=lr_find)
+    compare.set_defaults(handler=training_commands.cmd_compare, command_parser=compare)
 
     # Errors found after parsing are reported by the subcommand's own parser ("fused-optim bench: error: ...").
     bench.set_defaults(handler=cmd_bench, command_parser=bench)

@@ -170,7 +170,6 @@ COMMON_BAD_INPUTS = (
     BadInput("empty-parameter-list", {}, ValueError, "empty parameter list", params=lambda ps: []),
     BadInput("parameter-in-two-groups", {}, ValueError, "more than one parameter group", params=_two_groups),
     BadInput("non-leaf", {}, ValueError, "non-leaf", params=_non_leaf),
-    BadInput("differentiable", {"differentiable": True}, RuntimeError, "differentiable", torch_too=False),
     BadInput("unknown-backend", {"backend": "cuda-graphs"}, ValueError,
              r"'cuda-graphs'.*'auto', 'reference', 'cpp', 'triton'", torch_too=False),
     BadInput("mixed-devices-in-group", {}, ValueError, "one device", torch_too=False, params=_mixed_devices),
@@ -230,6 +229,7 @@ SGD = OptimizerInfo(
         BadInput("nesterov-with-dampening", {"momentum": 0.9, "dampening": 0.1, "nesterov": True}, ValueError,
                  "Nesterov"),
     ),
+    supports_sparse=True,
     has_steps=False,
     uses={
         "complex": ("nesterov",),

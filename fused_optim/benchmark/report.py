@@ -4,47 +4,10 @@ import csv
 import json
 import math
 import os
-import sys
 import tempfile
-import time
 
+from .._progress import Progress  # noqa: F401  (the bench and check progress bar)
 from .runner import RESULT_FIELDS
-
-
-class Progress:
-    """A one-line progress bar on a terminal; on a pipe or file, one line per case instead."""
-
-    WIDTH = 28
-
-    def __init__(self, total, stream=None):
-        self.total = max(total, 1)
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.started = time.monotonic()
-        self.shown = False
-        self.last_label = None
-
-    def update(self, done, label):
-        """``done``: cases finished, fractional while one runs; ``label``: what runs now."""
-        elapsed = time.monotonic() - self.started
-        if self.tty:
-            filled = int(self.WIDTH * min(done / self.total, 1.0))
-            bar = "#" * filled + "." * (self.WIDTH - filled)
-            self.stream.write(f"\r[{bar}] {int(done)}/{self.total} {elapsed:5.0f}s {label}".ljust(100)[:120])
-            self.stream.flush()
-            self.shown = True
-        elif label != self.last_label:
-            current = min(int(done) + 1, self.total)
-            self.stream.write(f"[{current}/{self.total}, {elapsed:.0f}s] {label}\n")
-            self.stream.flush()
-        self.last_label = label
-
-    def clear(self):
-        """Erase the bar before other output is printed (it is redrawn by the next update)."""
-        if self.tty and self.shown:
-            self.stream.write("\r" + " " * 120 + "\r")
-            self.stream.flush()
-            self.shown = False
 
 
 # ----- numbers -------------------------------------------------------------------------------

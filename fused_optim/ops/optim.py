@@ -1,214 +1,305 @@
-"""Multi-tensor optimizer plans: the tensors of one (param group, device, real dtype), bound once and
-stepped many times, on any backend.
+"""Multi-tensor optimizer plans: the tensors of one (param group, device, real dtype), bound once
+and stepped many times. Every backend's plan has one contract, the only one the frontend calls::
 
-Every plan has the interface of the C++ ``MultiTensorPlan``: ``scan()`` checks all gradients and
-changes nothing, ``bind()`` attaches a parameter's state tensors, ``adam()`` / ``sgd()`` step the
-parameters scanned, ``norm_partials()`` (``grad_norm_power_sum()`` in C++) gives the power sums of
-the scanned gradients for clipping.
+    plan = make_plan(backend, spec, params, steps, n_state)
+    stale, need_state = plan.scan()           # check every gradient; change nothing
+    plan.bind(index, state_tensors, fresh)    # attach a parameter's state (created or loaded)
+    partials = plan.grad_power_sum(2.0)       # power sums of the scanned gradients (clipping)
+    plan.update(scalars, flags, grad_factor, found_inf)
+
+``spec`` is the optimizer's description (fused_optim/optim/_spec.py); its kernel is bound when the
+plan is built, so ``update`` takes only the values folded from the group this step.
+``grad_factor`` and ``found_inf`` are 0-dim tensors or None (unscale and clip; AMP's skip).
 
 - ``cpp``: the C++ plan does everything, with no per-tensor work in Python.
-- ``triton``: ``TritonPlan`` launches the kernels; its bookkeeping (scan, checks, the launch rows of
-  pointers) is the C++ plan's when the extension is available, else ``ListPlan``'s, in Python.
-- ``reference``: ``ListPlan``, Python bookkeeping and the reference math.
+- ``triton``: one launch of the optimizer's kernel (fused_optim/triton/<name>.py) over launch rows
+  that the C++ plan writes (metadata only, so it serves CUDA tensors too).
+- ``reference``: the reference math (fused_optim/reference/optim.py), one tensor at a time.
+
+Sparse gradients (optimizers whose spec allows them) take the reference math on every backend,
+beside the dense ones in the same group. Without the C++ extension, the triton and reference plans
+keep their books with ``PythonBook``, the no-compiler fallback.
 """
+
+import importlib
 
 import torch
 
-from .. import _cpp
-from .._layout import flat_views, real, real_dtype, write_back
+from .. import _backend, _cpp
+from .._layout import real_dtype
 from ..reference import clip as clip_reference
 from ..reference import optim as reference
+from ._python_book import PythonBook
 
 
-class ListPlan:
-    """Bookkeeping in Python, and the reference math."""
+def _plain(params):
+    """Plain CPU/CUDA tensors: what the C++ bookkeeping may take pointers of."""
+    return all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type in ("cpu", "cuda") for p in params)
 
-    def __init__(self, params, n_state, steps, optimizer):
+
+def _book(params, n_state, steps, spec, kernel=""):
+    ext = _cpp.get()
+    if ext is not None and _plain(params):
+        return ext.MultiTensorPlan(params, n_state, steps, spec.display_name, kernel)
+    return PythonBook(params, n_state, spec.display_name)
+
+
+class _Plan:
+    """What every backend shares: the contract's bookkeeping and the sparse-gradient path."""
+
+    def __init__(self, spec, params, steps, n_state, book):
+        self.spec = spec
         self.params = params
-        self.n_state = n_state
         self.steps = steps
-        self.optimizer = optimizer
+        self.book = book
         self.dtype = real_dtype(params[0]) if params else torch.float32
         self.device = params[0].device if params else torch.device("cpu")
-        self.is_complex = [p.is_complex() for p in params]
         self.state = [None] * len(params)
         self.fresh = [False] * len(params)
-        self.active = None
-        self.grads = None
-        self._copies = []
+        self.sparse = []
 
     def __len__(self):
         return len(self.params)
 
     def scan(self):
-        self.active = None
-        active, grads, need_state = [], [], []
-        name = self.optimizer
-        for i, p in enumerate(self.params):
-            g = p.grad
-            if g is None:
-                continue
-            if g.is_sparse or g.layout != torch.strided:
-                raise RuntimeError(f"{name} does not support sparse gradients (parameter {i} of its group has one)")
-            if real_dtype(p) != self.dtype or p.device != self.device or p.is_complex() != self.is_complex[i]:
-                return True, []
-            if g.dtype != p.dtype:
-                raise RuntimeError(f"{name}: the gradient of parameter {i} has dtype {g.dtype} but the parameter has dtype {p.dtype}")
-            if g.device != p.device:
-                raise RuntimeError(f"{name}: the gradient of parameter {i} is on {g.device} but the parameter is on {p.device}")
-            if g.shape != p.shape:
-                raise RuntimeError(f"{name}: the gradient of parameter {i} has shape {list(g.shape)} but the parameter has shape {list(p.shape)}")
-            if self.state[i] is None:
-                need_state.append(i)
-            else:
-                for s in self.state[i]:
-                    if s.shape != p.shape:
-                        raise RuntimeError(
-                            f"{name}: parameter {i} has {p.numel()} elements but its state was created for "
-                            f"{s.numel()}; the parameter was replaced after its first step"
-                        )
-            active.append(i)
-            grads.append(g)
-        self.active, self.grads = active, grads
-        return False, need_state
-
-    def bind(self, index, state, fresh):
-        p = self.params[index]
-        want = reference.state_dtype(p.dtype)
-        for s in state:
-            if s is None or s.device != p.device or s.dtype != want or s.shape != p.shape:
-                raise RuntimeError(
-                    f"{self.optimizer}: state of parameter {index} must be a {want} tensor of shape {list(p.shape)} "
-                    f"on {p.device}, got {None if s is None else f'{s.dtype} of shape {list(s.shape)} on {s.device}'}"
-                )
-        self.state[index] = list(state)
-        self.fresh[index] = fresh
-
-    def _take_scanned(self):
-        if self.active is None:
-            raise RuntimeError("plan: scan() must precede a step")
-        active, grads = self.active, self.grads
-        self.active = self.grads = None
-        return active, grads
-
-    def launch_rows(self, counters_address):
-        """As the C++ plan's launch_rows: int64 rows [param, grad, state0..2, numel, counter, 0]."""
-        if self.active is None:
-            raise RuntimeError("plan: scan() must precede a step")
-        rows = []
-        for i, g in zip(self.active, self.grads):
-            state = self.state[i]
-            tensors = [real(self.params[i]), real(g)] + [real(s) for s in state]
-            flat, copies = flat_views(tensors, [True, False] + [True] * len(state))
-            self._copies.extend(copies)
-            pointers = [t.data_ptr() for t in flat] + [0] * (5 - len(flat))
-            rows.append(pointers + [flat[0].numel(), counters_address + 4 * i, 0])
-        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 8)
-
-    def finish_launch(self):
-        write_back(self._copies)
-        self._copies = []
-        self.active = self.grads = None
-
-    def norm_partials(self, norm_type):
-        """Power sum of the scanned gradients as a 1-element float64 tensor."""
-        if not self.grads:
-            return torch.zeros(1, dtype=torch.float64, device=self.device)
-        return clip_reference.power_sum(self.grads, norm_type).reshape(1)
-
-    def adam(self, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_factor=None,
-             found_inf=None):
-        active, grads = self._take_scanned()
-        if found_inf is not None and bool(found_inf.item() != 0):  # a host read: the reference may sync
-            return
-        for i, g in zip(active, grads):
-            self.steps[i] += 1
-            m, v, *rest = self.state[i]
-            reference.adam(self.params[i], g, m, v, rest[0] if amsgrad else None, self.steps[i].item(), lr=lr,
-                           beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                           maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, grad_factor=grad_factor)
-
-    def sgd(self, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_factor=None, found_inf=None):
-        active, grads = self._take_scanned()
-        if found_inf is not None and bool(found_inf.item() != 0):
-            return
-        for i, g in zip(active, grads):
-            reference.sgd(self.params[i], g, self.state[i][0] if momentum != 0 else None, lr=lr, momentum=momentum,
-                          dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
-                          first=self.fresh[i], grad_factor=grad_factor)
-            self.fresh[i] = False
-
-
-class TritonPlan:
-    """One launch per step for the plan's tensors.
-
-    The per-tensor counters the kernels read live on the device: step counts (``steps``, from the
-    optimizer) and SGD's first-step flags (``fresh``). A small kernel advances them after the update
-    unless AMP found inf/NaN, so a skipped step needs no host sync.
-    """
-
-    def __init__(self, params, n_state, steps, optimizer):
-        ext = _cpp.get()
-        self.book = ext.MultiTensorPlan(params, n_state, None, optimizer) if ext else ListPlan(
-            params, n_state, None, optimizer)
-        self.steps = steps
-        self.dtype = real_dtype(params[0]) if params else torch.float32
-        self.device = params[0].device if params else torch.device("cpu")
-        self.fresh = torch.zeros(len(params), dtype=torch.float32, device=self.device)
-        self._rows = None
-
-    def __len__(self):
-        return len(self.book)
-
-    def scan(self):
-        self._rows = None
-        return self.book.scan()
+        """(stale, need_state): stale when a parameter changed dtype or device (rebuild the plan);
+        need_state: the parameters with a gradient and no state yet."""
+        stale, need_state, sparse = self.book.scan(self.spec.sparse)
+        self.sparse = sparse  # the parameters with a sparse gradient, for the caller's checks
+        if sparse:
+            need_state = sorted(need_state + [i for i in sparse if self.state[i] is None])
+        return stale, need_state
 
     def bind(self, index, state, fresh):
         self.book.bind(index, state, fresh)
-        self.fresh[index] = 1.0 if fresh else 0.0
+        self.state[index] = list(state)
+        self.fresh[index] = bool(fresh)
 
-    def _launch_rows(self, counters):
+    def grad_power_sum(self, norm_type):
+        """The power sums of the scanned gradients, as a 1-D float64 tensor of partials to add."""
+        dense = self._dense_power_sum(norm_type)
+        if not self.sparse:
+            return dense
+        values = [self.params[i].grad.coalesce()._values() for i in self.sparse]
+        return torch.cat([dense, clip_reference.power_sum(values, norm_type).reshape(1).to(dense.device)])
+
+    def update(self, scalars, flags, grad_factor=None, found_inf=None):
+        sparse, self.sparse = self.sparse, []
+        self._update_dense(scalars, flags, grad_factor, found_inf)
+        if sparse and not (found_inf is not None and bool(found_inf.item() != 0)):
+            self._update_sparse(sparse, scalars, flags, grad_factor)
+
+    def _update_sparse(self, indices, scalars, flags, grad_factor):
+        step_of = getattr(reference, self.spec.name + "_sparse")
+        named = self.spec.named(scalars, flags)
+        for i in indices:
+            p = self.params[i]
+            step = None
+            if self.steps is not None:
+                self.steps[i] += 1
+                step = self.steps[i].item()
+            step_of(p, p.grad, self.state[i], step, self.fresh[i], grad_factor, **named)
+            if self.fresh[i]:
+                self.bind(i, self.state[i], False)
+
+
+class CppPlan(_Plan):
+    def __init__(self, spec, params, steps, n_state):
+        book = _cpp.get().MultiTensorPlan(params, n_state, steps, spec.display_name, spec.name)
+        super().__init__(spec, params, steps, n_state, book)
+
+    def _dense_power_sum(self, norm_type):
+        return torch.tensor([self.book.grad_norm_power_sum(norm_type)], dtype=torch.float64)
+
+    def _update_dense(self, scalars, flags, grad_factor, found_inf):
+        self.book.update(scalars, flags, grad_factor, found_inf)
+
+
+class ReferencePlan(_Plan):
+    def __init__(self, spec, params, steps, n_state):
+        super().__init__(spec, params, steps, n_state, _book(params, n_state, None, spec))
+        self._step_of = getattr(reference, spec.name)
+
+    def _dense_power_sum(self, norm_type):
+        grads = [self.params[i].grad for i in self.book.active()]
+        if not grads:
+            return torch.zeros(1, dtype=torch.float64, device=self.device)
+        return clip_reference.power_sum(grads, norm_type).reshape(1)
+
+    def _update_dense(self, scalars, flags, grad_factor, found_inf):
+        active = self.book.active()
+        if found_inf is not None and bool(found_inf.item() != 0):  # a host read: the reference may sync
+            self.book.finish_launch()
+            return
+        named = self.spec.named(scalars, flags)
+        for i in active:
+            p = self.params[i]
+            step = None
+            if self.steps is not None:
+                self.steps[i] += 1
+                step = self.steps[i].item()
+            self._step_of(p, p.grad, self.state[i], step, self.fresh[i], grad_factor, **named)
+            self.fresh[i] = False
+        self.book.finish_step()
+
+
+class TritonPlan(_Plan):
+    """One launch per step. The per-tensor counters the kernels read live on the device: step
+    counts (``steps``) or first-step flags (``first``); a small kernel advances them after the
+    update unless AMP found inf/NaN, so a skipped step needs no host sync."""
+
+    def __init__(self, spec, params, steps, n_state):
+        super().__init__(spec, params, steps, n_state, _book(params, n_state, None, spec))
+        from ..triton import optim as triton_optim
+
+        self._launcher = triton_optim
+        self._kernel = importlib.import_module(f"..triton.{spec.name}", __package__).KERNEL
+        self.first = torch.zeros(len(params), dtype=torch.float32, device=self.device)
+        self.counters = steps if steps is not None else self.first
+        self._rows = None
+
+    def scan(self):
+        self._rows = None
+        return super().scan()
+
+    def bind(self, index, state, fresh):
+        super().bind(index, state, fresh)
+        self.first[index] = 1.0 if fresh else 0.0
+
+    def _launch_rows(self):
         if self._rows is None:
-            self._rows = self.book.launch_rows(counters.data_ptr())
+            self._rows = self.book.launch_rows(self.counters.data_ptr())
         return self._rows
 
-    def _finish(self):
+    def _dense_power_sum(self, norm_type):
+        return self._launcher.grad_power_sum_partials(self._launch_rows(), self.dtype, self.device, norm_type)
+
+    def _update_dense(self, scalars, flags, grad_factor, found_inf):
+        self._launcher.launch(
+            self._kernel, self._launch_rows(), self.dtype, self.device, scalars,
+            {name.upper(): int(value) for name, value in zip(self.spec.flags, flags)}, grad_factor, found_inf,
+            advance=self.spec.counter,
+        )
         self.book.finish_launch()
         self._rows = None
 
-    def norm_partials(self, norm_type):
-        from ..triton import clip as triton_clip
 
-        rows = self._launch_rows(self.steps if self.steps is not None else self.fresh)
-        return triton_clip.optimizer_grad_partials(rows, self.dtype, self.device, norm_type)
+class UnavailablePlan:
+    """A plan whose backend cannot run its tensors here (an explicit backend on meta tensors, say):
+    a step without gradients is a no-op, as in torch; one with gradients raises the reason."""
 
-    def adam(self, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, grad_factor=None,
-             found_inf=None):
-        from ..triton import optim as triton_optim
+    def __init__(self, error, params):
+        self.error = error
+        self.params = params
+        self.device = params[0].device if params else torch.device("cpu")
 
-        triton_optim.multi_tensor_adam(
-            self._launch_rows(self.steps), self.dtype, self.device, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-            weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-            decoupled_weight_decay=decoupled_weight_decay, grad_factor=grad_factor, found_inf=found_inf,
-        )
-        self._finish()
+    def __len__(self):
+        return len(self.params)
 
-    def sgd(self, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_factor=None, found_inf=None):
-        from ..triton import optim as triton_optim
+    sparse = ()
 
-        triton_optim.multi_tensor_sgd(
-            self._launch_rows(self.fresh), self.dtype, self.device, lr=lr, momentum=momentum, dampening=dampening,
-            weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, grad_factor=grad_factor,
-            found_inf=found_inf,
-        )
-        self._finish()
+    def scan(self):
+        if any(p.grad is not None for p in self.params):
+            raise self.error
+        return False, []
+
+    def bind(self, index, state, fresh):
+        pass
+
+    def grad_power_sum(self, norm_type):
+        return torch.zeros(1, dtype=torch.float64)
+
+    def update(self, scalars, flags, grad_factor=None, found_inf=None):
+        pass
 
 
-def make_plan(backend, params, n_state, steps, optimizer):
+class LocalShardPlan:
+    """DTensor parameters (FSDP2, tensor parallel) stepped on their local shards: a plan of the
+    backend over the local tensors does the work, still one multi-tensor call; the state stays
+    DTensors of the parameters' placement (so torch.distributed.checkpoint saves it), and the
+    gradient power sums are reduced over the mesh for a global clipping norm."""
+
+    def __init__(self, inner, params):
+        self.inner = inner
+        self.params = params
+        self.locals = inner.params
+        self.device = inner.device
+        first = params[0]
+        self.mesh, self.placements = first.device_mesh, tuple(first.placements)
+        if any(p.device_mesh != self.mesh or tuple(p.placements) != self.placements for p in params):
+            raise ValueError("fused_optim: the DTensor parameters of one group must share one mesh and placement; "
+                             "put each placement in a param group of its own")
+
+    def __len__(self):
+        return len(self.params)
+
+    @property
+    def sparse(self):
+        return self.inner.sparse
+
+    def scan(self):
+        for p, local in zip(self.params, self.locals):
+            if p._local_tensor.data_ptr() != local.data_ptr() or p._local_tensor.shape != local.shape:
+                return True, []  # the shard was reallocated: rebuild
+            g = p.grad
+            if g is not None and tuple(g.placements) != self.placements:
+                g = g.redistribute(self.mesh, self.placements)
+            local.grad = None if g is None else g.to_local()
+        return self.inner.scan()
+
+    def bind(self, index, state, fresh):
+        self.inner.bind(index, [s.to_local() if _is_dtensor(s) else s for s in state], fresh)
+
+    def grad_power_sum(self, norm_type):
+        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor.placement_types import Partial, Replicate, Shard
+
+        local = self.inner.grad_power_sum(norm_type).sum().reshape(1)
+        placements = [Partial() if isinstance(pl, Shard) else Replicate() for pl in self.placements]
+        return DTensor.from_local(local.to(self.device), self.mesh, placements).full_tensor()
+
+    def update(self, scalars, flags, grad_factor=None, found_inf=None):
+        self.inner.update(scalars, flags, _local(grad_factor), _local(found_inf))
+        for local in self.locals:
+            local.grad = None
+
+
+def _is_dtensor(t):
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return False
+    return isinstance(t, DTensor)
+
+
+def _local(t):
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def device_of(params):
+    """The device the kernels see: a DTensor's local shard's."""
+    return params[0]._local_tensor.device if _is_dtensor(params[0]) else params[0].device
+
+
+def backend_for(requested, params, differentiable=False):
+    """The concrete backend that steps ``params`` (one device and dtype of a group), decided
+    before any pointer is taken: differentiable steps and tensor subclasses other than DTensor
+    (FakeTensor, FunctionalTensor...) take the reference math, which dispatches through their own
+    ops; DTensors are stepped on their local shards by the backend of the shards' device."""
+    if differentiable:
+        return "reference"
+    backend = _backend.resolve(requested, device_of(params))
+    if not all(_is_dtensor(p) for p in params) and not _plain(params):
+        return "reference"
+    return backend
+
+
+_PLANS = {"cpp": CppPlan, "triton": TritonPlan, "reference": ReferencePlan}
+
+
+def make_plan(backend, spec, params, steps, n_state):
     """A plan for ``params`` (one device, one real dtype) on a concrete backend."""
-    if backend == "cpp":
-        return _cpp.get().MultiTensorPlan(params, n_state, steps, optimizer)
-    if backend == "triton":
-        return TritonPlan(params, n_state, steps, optimizer)
-    return ListPlan(params, n_state, steps, optimizer)
+    if params and all(_is_dtensor(p) for p in params):
+        locals_ = [p.to_local() for p in params]
+        return LocalShardPlan(_PLANS[backend](spec, locals_, steps, n_state), params)
+    return _PLANS[backend](spec, params, steps, n_state)

@@ -1,4 +1,6 @@
+from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdamW"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]

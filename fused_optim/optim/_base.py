@@ -1,5 +1,10 @@
 """The shared frontend of fused_optim's optimizers: a ``torch.optim.Optimizer`` whose step hands
-each (param group, device, dtype) to one multi-tensor plan.
+each (param group, device, dtype) to one multi-tensor plan (fused_optim/ops/optim.py).
+
+A subclass is a torch signature, its argument checks and a ``spec`` (fused_optim/optim/_spec.py):
+state keys, counter, and how a group folds into kernel scalars and flags. This class calls only
+the plans' contract (scan, bind, grad_power_sum, update) and the ops layer; it never names a
+backend's internals.
 
 Gradient clipping (``max_grad_norm``) and AMP unscaling are fused into the update: the norm of all
 the optimizer's gradients is one multi-tensor reduction, and the update kernel multiplies each
@@ -15,6 +20,11 @@ changes (``add_param_group``, ``load_state_dict``, a group's parameter list repl
 ``optimizer.state`` replaced or entries added or removed, a parameter's dtype or device changed,
 an option that changes the state layout toggled). The state tensors of a parameter are bound to
 its plan when created or loaded; change them in place or through ``load_state_dict``.
+
+``differentiable=True`` runs the reference math with autograd on, so gradients flow through the
+update as in torch's differentiable optimizers. Tensor subclasses other than DTensor (FakeTensor,
+FunctionalTensor...), and devices the kernels do not serve, take the reference math too; DTensor
+parameters are stepped on their local shards (ops.optim.backend_for and LocalShardPlan).
 """
 
 from collections import defaultdict
@@ -22,24 +32,21 @@ from collections import defaultdict
 import torch
 
 from .. import _backend
-from .._layout import real_dtype
+from .._layout import real_dtype, state_dtype
+from ..ops import grad_factor as factors
 from ..ops import optim as plans
-from ..reference import clip as clip_reference
-from ..reference.optim import state_dtype
+from ._spec import FIRST, STEP
+
 
 class MultiTensorOptimizer(torch.optim.Optimizer):
-    """Base class: subclasses define the state layout and the update call."""
+    """Base class: subclasses set ``spec`` and their torch signature."""
 
-    #: name used in error messages, as torch words them ("Adam does not support ...")
-    _display_name = "Optimizer"
-    #: float32 step counts per parameter, as torch keeps them
-    _has_steps = True
+    #: the optimizer's description (set by each subclass)
+    spec = None
     #: torch.amp.GradScaler hands grad_scale and found_inf to step() instead of unscaling itself
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults, backend, max_grad_norm=None):
-        if defaults.get("differentiable"):
-            raise RuntimeError(f"fused_optim.{type(self).__name__} does not support differentiable=True")
         if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm >= 0):
             raise ValueError(f"Invalid max_grad_norm: {max_grad_norm!r} (a number >= 0, or None for no clipping)")
         self._backend = _backend.validate_name(backend)
@@ -51,19 +58,9 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
         self._plans_key = None
         super().__init__(params, defaults)
 
-    # ----- subclass interface -------------------------------------------------------------
-    def _state_keys(self, group):
-        """Names of the per-parameter state tensors for ``group`` (besides 'step')."""
-        raise NotImplementedError
-
-    def _init_state(self, group, param, state):
-        """Create the state tensors of ``param`` (first step with a gradient). Returns fresh flag."""
-        raise NotImplementedError
-
-    def _update(self, group, plan, extras):
-        """Run one update of the scanned parameters of ``plan``; ``extras`` are its keyword
-        arguments for unscaling, clipping and skipping (see _plan_extras)."""
-        raise NotImplementedError
+    @property
+    def _display_name(self):
+        return self.spec.display_name
 
     # ----- structure ----------------------------------------------------------------------
     @property
@@ -120,13 +117,12 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
 
     # ----- plans --------------------------------------------------------------------------
     def _structure_key(self):
+        keys = self.spec.state_keys
         return (
             id(self.state),
             len(self.state),
             id(self.param_groups),
-            tuple(
-                (id(g), id(g["params"]), len(g["params"]), tuple(self._state_keys(g))) for g in self.param_groups
-            ),
+            tuple((id(g), id(g["params"]), len(g["params"]), tuple(keys(g))) for g in self.param_groups),
         )
 
     def _build_plans(self):
@@ -134,25 +130,58 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
             self.state = defaultdict(dict, self.state)
         built = []
         for group in self.param_groups:
-            keys = self._state_keys(group)
+            keys = self.spec.state_keys(group)
             by_kind = {}
             for p in group["params"]:
                 by_kind.setdefault((p.device, real_dtype(p)), []).append(p)
             group_plans = []
-            for (device, _), params in by_kind.items():
-                backend = _backend.resolve(self._backend, device)
-                # Step counts sit where the kernels read them: on the device for Triton (as torch's
-                # fused optimizers keep them), on the CPU otherwise (as torch's default ones do).
-                steps_device = device if backend == "triton" else "cpu"
-                steps = torch.zeros(len(params), dtype=torch.float32, device=steps_device) if self._has_steps else None
-                plan = plans.make_plan(backend, params, len(keys), steps, self._display_name)
-                for index, p in enumerate(params):
-                    state = self.state.get(p)
-                    if state:
-                        self._bind_existing(plan, steps, index, p, state, keys)
-                group_plans.append((plan, params, steps))
+            for params in by_kind.values():
+                if len({id(p) for p in params}) == len(params):
+                    group_plans.append(self._build_plan(group, params, keys))
+                else:
+                    group_plans.extend(self._build_repeated(group, params, keys))
             built.append((group, group_plans))
         return built
+
+    def _new_steps(self, n, device):
+        return torch.zeros(n, dtype=torch.float32, device=device) if self.spec.counter == STEP else None
+
+    def _build_plan(self, group, params, keys):
+        try:
+            backend = plans.backend_for(self._backend, params, bool(group.get("differentiable")))
+        except RuntimeError as error:
+            return plans.UnavailablePlan(error, params), params, None
+        # Step counts sit where the kernels read them: on the device for Triton (as torch's
+        # fused optimizers keep them), on the CPU otherwise (as torch's default ones do).
+        steps = self._new_steps(len(params), plans.device_of(params) if backend == "triton" else "cpu")
+        return self._bind_plan(plans.make_plan(backend, self.spec, params, steps, len(keys)), params, steps, keys)
+
+    def _build_repeated(self, group, params, keys):
+        """A parameter listed more than once is stepped once per occurrence, one after another, as
+        torch does (with a warning at construction): layer k holds the k-th occurrences, each layer a
+        reference plan, and every occurrence counts its steps in the parameter's one counter."""
+        layers, seen = [], {}
+        for p in params:
+            k = seen.get(id(p), 0)
+            seen[id(p)] = k + 1
+            if k == len(layers):
+                layers.append([])
+            layers[k].append(p)
+        counters = self._new_steps(len(layers[0]), "cpu")
+        slot = {id(p): i for i, p in enumerate(layers[0])}
+        built = []
+        for layer in layers:
+            steps = None if counters is None else [counters[slot[id(p)]] for p in layer]
+            plan = plans.make_plan("reference", self.spec, layer, steps, len(keys))
+            built.append(self._bind_plan(plan, layer, steps, keys))
+        return built
+
+    def _bind_plan(self, plan, params, steps, keys):
+        for index, p in enumerate(params):
+            state = self.state.get(p)
+            if state:
+                self._bind_existing(plan, steps, index, p, state, keys)
+        return plan, params, steps
 
     def _bind_existing(self, plan, steps, index, param, state, keys):
         """Bind loaded or earlier state, converted to the dtype and device this optimizer keeps."""
@@ -163,14 +192,14 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
             if isinstance(step, torch.Tensor):
                 steps[index].copy_(step.reshape(()))
             else:
-                steps[index] = float(step)
+                steps[index].fill_(float(step))
             state["step"] = steps[index]
         tensors = []
         fresh = False
         for key in keys:
             value = state.get(key)
             if value is None:
-                if not self._missing_state_is_fresh(key):
+                if key not in self.spec.fresh_when_missing:
                     raise RuntimeError(
                         f"{self._display_name}: the state of a parameter has no {key!r} entry (was an option "
                         f"that needs it, such as amsgrad, switched on after the first step?)"
@@ -183,9 +212,6 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
             tensors.append(value)
         plan.bind(index, tensors, fresh)
 
-    def _missing_state_is_fresh(self, key):
-        return False
-
     def _current_plans(self):
         key = self._structure_key()
         if self._plans is None or key != self._plans_key:
@@ -193,81 +219,62 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
             self._plans_key = self._structure_key()
         return self._plans
 
-    @torch.no_grad()
+    # Under torch.compile the step runs as it is, eagerly, outside the graph (the kernels are the
+    # fused form already): dynamo does not trace into it. torch.optim marks zero_grad the same way,
+    # so this adds no import to a training loop.
+    @torch._disable_dynamo
     def step(self, closure=None):
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
+            return self._step(closure)
+
+    def _step(self, closure):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        spec = self.spec
         # Check every gradient of every group before anything is changed.
         pending = self._scan_all()
         created = False
+        created_now = set()
         for group, plan, params, steps, need_state in pending:
-            keys = self._state_keys(group)
+            keys = spec.state_keys(group)
             for index in need_state:
                 if not keys and steps is None:
                     plan.bind(index, [], False)  # stateless (SGD without momentum): no state entry, as torch
                     continue
                 state = self.state[params[index]]
+                if id(params[index]) in created_now:
+                    # a repeated parameter, its state created this step by an earlier occurrence:
+                    # shared, and (as torch gathers SGD's buffers before the update) still fresh
+                    self._bind_existing(plan, steps, index, params[index], state, keys)
+                    plan.bind(index, [state[k] for k in keys], spec.counter == FIRST)
+                    continue
+                created_now.add(id(params[index]))
                 if steps is not None:
-                    steps[index] = 0.0
+                    steps[index].fill_(0.0)
                     state["step"] = steps[index]
-                fresh = self._init_state(group, params[index], state)
-                plan.bind(index, [state[k] for k in keys], fresh)
+                state.update(spec.init_state(group, params[index], keys))
+                # a first-step counter means the new state holds nothing yet (SGD's momentum)
+                plan.bind(index, [state[k] for k in keys], spec.counter == FIRST)
                 created = True
         if created:
             self._plans_key = self._structure_key()
-        factor, found_inf = self._grad_factor(pending)
-        for group, plan, _, _, _ in pending:
-            self._update(group, plan, self._plan_extras(plan, factor, found_inf))
-        return loss
-
-    def _grad_factor(self, pending):
-        """(what every gradient is multiplied by, found_inf): 0-dim tensors or None.
-
-        The factor folds AMP's unscale (1 / grad_scale) and clipping: min(max_norm / (norm +
-        1e-6), 1) with the norm of the unscaled gradients, computed in their promoted dtype exactly
-        as torch.nn.utils.clip_grad_norm_ computes it.
-        """
+        if not pending:
+            return loss
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        if self.max_grad_norm is None:
-            if grad_scale is None:
-                return None, found_inf
-            return grad_scale.double().reciprocal(), found_inf
-        plans_ = [plan for _, plan, _, _, _ in pending]
-        dtype = clip_reference.result_dtype([params[0] for _, _, params, _, _ in pending])
         device = pending[0][2][0].device
-        partials = [torch.tensor([plan.grad_norm_power_sum(2.0)], dtype=torch.float64) if _is_cpp_plan(plan)
-                    else plan.norm_partials(2.0) for plan in plans_]
-        if all(isinstance(p, plans.TritonPlan) and p.device == device for p in plans_):
-            from ..triton import clip as triton_clip
-
-            scale = grad_scale.to(device, non_blocking=True) if grad_scale is not None else None
-            total, factor = triton_clip.finalize(torch.cat(partials), 2.0, dtype, self.max_grad_norm, scale)
-        else:
-            total = torch.stack([p.to(device, non_blocking=True).sum() for p in partials]).sum().sqrt()
-            if grad_scale is not None:
-                total = total / grad_scale.to(device, torch.float64)
-            total = total.to(dtype)
-            factor = clip_reference.clip_coefficient(self.max_grad_norm, total).double()
-            if grad_scale is not None:
-                factor = factor / grad_scale.to(device, torch.float64)
-        self.last_grad_norm = total
-        return factor, found_inf
-
-    @staticmethod
-    def _plan_extras(plan, factor, found_inf):
-        if _is_cpp_plan(plan):
-            # The C++ plan runs CPU tensors: the scaler's tensors are read on the host.
-            return dict(grad_factor=1.0 if factor is None else float(factor),
-                        skip=found_inf is not None and float(found_inf) != 0.0)
-        device = plan.device
-        return dict(
-            grad_factor=None if factor is None else factor.to(device, non_blocking=True),
-            found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
-        )
+        dtype = factors.result_dtype([params[0] for _, _, params, _, _ in pending])
+        factor, total = factors.step_grad_factor([plan for _, plan, _, _, _ in pending], self.max_grad_norm,
+                                                 grad_scale, dtype, device)
+        if total is not None:
+            self.last_grad_norm = total
+        for group, plan, _, _, _ in pending:
+            scalars, flags = spec.fold(group)
+            plan.update(scalars, flags, _on(factor, plan.device), _on(found_inf, plan.device))
+        return loss
 
     def _scan_all(self):
         for _ in range(2):
@@ -278,6 +285,11 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
                     stale, need_state = plan.scan()
                     if stale:
                         break
+                    if plan.sparse:
+                        if self.spec.check_sparse is not None:
+                            self.spec.check_sparse(group)
+                        elif not self.spec.sparse:
+                            raise RuntimeError(f"{self._display_name} does not support sparse gradients")
                     pending.append((group, plan, params, steps, need_state))
                 if stale:
                     break
@@ -287,10 +299,5 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
         raise RuntimeError(f"{self._display_name}: parameters keep changing dtype or device during the step")
 
 
-def _is_cpp_plan(plan):
-    return not isinstance(plan, (plans.ListPlan, plans.TritonPlan))
-
-
-def scalar(value):
-    """A hyperparameter as a Python float (torch allows 1-element tensors for lr and betas)."""
-    return float(value) if isinstance(value, torch.Tensor) else value
+def _on(tensor, device):
+    return None if tensor is None else tensor.to(device, non_blocking=True)

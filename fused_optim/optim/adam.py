@@ -1,47 +1,73 @@
 """Adam and AdamW: torch.optim's algorithms, every parameter of a group updated in one fused call."""
 
+import math
+
 import torch
 
-from ._base import MultiTensorOptimizer, scalar
-from ..reference.optim import state_dtype
+from ._base import MultiTensorOptimizer
+from ._checks import BACKEND_NOTE, LOW_PRECISION_NOTE, check_fused, check_lr, check_non_negative
+from ._spec import STEP, OptimizerSpec, scalar
 
-_STATE_NOTE = """
+
+def _state_keys(group):
+    return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+
+
+def _fold(group):
+    lr, beta1, beta2 = scalar(group["lr"]), scalar(group["betas"][0]), scalar(group["betas"][1])
+    weight_decay = scalar(group["weight_decay"])
+    decoupled = bool(group["decoupled_weight_decay"])
+    l2_on = weight_decay != 0 and not decoupled
+    scalars = (lr, beta1, beta2, scalar(group["eps"]), weight_decay if l2_on else 0.0,
+               1.0 - lr * weight_decay if weight_decay != 0 and decoupled else 1.0,
+               -1.0 if group["maximize"] else 1.0)
+    return scalars, (int(bool(group["amsgrad"])), int(l2_on), int(math.fabs(1.0 - beta1) < 0.5))
+
+
+def _bytes_per_element(group, element_size, state_size):
+    # p and g in, p, m, v in and out (and vmax with amsgrad)
+    return 2 * element_size + element_size + (2 * (3 if group["amsgrad"] else 2)) * state_size
+
+
+ADAM_SPEC = OptimizerSpec(
+    name="adam",
+    display_name="Adam",
+    scalars=("lr", "beta1", "beta2", "eps", "l2", "decay", "sign"),
+    flags=("amsgrad", "l2_on", "lerp_from_start"),
+    counter=STEP,
+    state_keys=_state_keys,
+    fold=_fold,
+    bytes_per_element=_bytes_per_element,
+)
+
+_STATE_NOTE = (
+    """
     State matches torch.optim's keys and layout (``step``, ``exp_avg``, ``exp_avg_sq`` and, with
     amsgrad, ``max_exp_avg_sq``), so a state_dict moves between torch.optim and fused_optim both
-    ways. For float16 and bfloat16 parameters the moments are stored in float32 and the update is
-    computed in float32, then rounded once into the parameter: no overflow of ``exp_avg_sq`` and
-    no ``eps`` flushed to zero, as happens when the state itself is 16-bit. (Loading such state
-    into torch.optim casts it to the parameter's dtype, as torch always does.)
-
-    ``backend`` chooses the implementation: None (``$FUSED_OPTIM_BACKEND`` if set, else
-    ``"auto"``), ``"auto"`` (Triton for CUDA tensors, C++ for CPU tensors, else the reference),
-    ``"reference"``, ``"cpp"`` or ``"triton"``. ``foreach``, ``fused`` and ``capturable`` choose
-    among torch's own implementations; they are accepted, stored in the param groups, and unused.
-
-    ``max_grad_norm`` clips inside the step: the result equals
-    ``clip_grad_norm_(params, max_grad_norm)`` followed by ``step()``, but the gradients are read
-    once for the norm and once for the update and are left unclipped. The norm is kept, as a device
-    tensor, in ``last_grad_norm``. Under ``torch.amp.GradScaler`` the unscale happens inside the
-    update too, and a step with inf/NaN gradients is skipped on the device.
-"""
+    ways."""
+    + LOW_PRECISION_NOTE
+    + BACKEND_NOTE
+)
 
 
-def _check_adam_args(lr, betas, eps, weight_decay):
-    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")
-    if not 0.0 <= lr:
-        raise ValueError(f"Invalid learning rate: {lr}")
-    if not 0.0 <= eps:
-        raise ValueError(f"Invalid epsilon value: {eps}")
+def _check_adam_args(lr, betas, eps, weight_decay, foreach, capturable, fused, differentiable):
+    check_lr(lr, foreach, capturable)
+    check_non_negative(eps, "epsilon value")
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair, got {betas!r}")
     for index, beta in enumerate(betas):
-        if isinstance(beta, torch.Tensor) and beta.numel() != 1:
-            raise ValueError(f"Tensor betas[{index}] must be 1-element")
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
-    if not 0.0 <= weight_decay:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    check_non_negative(weight_decay, "weight_decay value")
+    if not (all(isinstance(b, float) for b in betas) or all(isinstance(b, torch.Tensor) for b in betas)):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for index, beta in enumerate(betas):
+        if isinstance(beta, torch.Tensor):
+            if not capturable and foreach:
+                raise ValueError(f"betas[{index}] as a Tensor is not supported for capturable=False and foreach=True")
+            if beta.numel() != 1:
+                raise ValueError(f"Tensor betas[{index}] must be 1-element")
+    check_fused(fused, foreach, differentiable)
 
 
 class Adam(MultiTensorOptimizer):
@@ -53,13 +79,14 @@ class Adam(MultiTensorOptimizer):
         + _STATE_NOTE
     )
 
-    _display_name = "Adam"
+    spec = ADAM_SPEC
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=False, backend=None, max_grad_norm=None):
-        _check_adam_args(lr, betas, eps, weight_decay)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+        _check_adam_args(lr, betas, eps, weight_decay, foreach, capturable, fused, differentiable)
+        betas = tuple(b.reshape(()) if isinstance(b, torch.Tensor) and b.dim() != 0 else b for b in betas)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
                         fused=fused, decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, backend, max_grad_norm)
@@ -75,21 +102,6 @@ class Adam(MultiTensorOptimizer):
             group.setdefault("fused", None)
             group.setdefault("decoupled_weight_decay", False)
 
-    def _state_keys(self, group):
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
-
-    def _init_state(self, group, param, state):
-        for key in self._state_keys(group):
-            state[key] = torch.zeros_like(param, dtype=state_dtype(param.dtype), memory_format=torch.preserve_format)
-        return False
-
-    def _update(self, group, plan, extras):
-        beta1, beta2 = group["betas"]
-        plan.adam(
-            scalar(group["lr"]), scalar(beta1), scalar(beta2), scalar(group["eps"]), scalar(group["weight_decay"]),
-            bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]), **extras,
-        )
-
 
 class AdamW(Adam):
     __doc__ = (
@@ -99,7 +111,7 @@ class AdamW(Adam):
         + _STATE_NOTE
     )
 
-    _display_name = "AdamW"
+    spec = OptimizerSpec(**{**ADAM_SPEC.__dict__, "display_name": "AdamW"})
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False, fused=None, backend=None,

@@ -2,8 +2,52 @@
 
 import torch
 
-from ._base import MultiTensorOptimizer, scalar
-from ..reference.optim import state_dtype
+from ._base import MultiTensorOptimizer
+from ._checks import BACKEND_NOTE, check_fused
+from ._spec import FIRST, OptimizerSpec, scalar
+from .._layout import state_dtype
+
+
+def _state_keys(group):
+    return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+
+def _fold(group):
+    momentum, weight_decay = scalar(group["momentum"]), scalar(group["weight_decay"])
+    scalars = (scalar(group["lr"]), momentum, scalar(group["dampening"]), weight_decay,
+               -1.0 if group["maximize"] else 1.0)
+    return scalars, (int(momentum != 0), int(weight_decay != 0), int(bool(group["nesterov"])))
+
+
+def _empty_state(group, param, keys):
+    # torch starts the buffer as the gradient on the first step: nothing to initialise
+    return {key: torch.empty_like(param, dtype=state_dtype(param.dtype), memory_format=torch.preserve_format)
+            for key in keys}
+
+
+def _check_sparse(group):
+    if group["weight_decay"] != 0:
+        raise RuntimeError("SGD: weight_decay is not supported with sparse gradients (as in torch.optim.SGD)")
+
+
+def _bytes_per_element(group, element_size, state_size):
+    return 3 * element_size + (2 * state_size if group["momentum"] != 0 else 0)
+
+
+SGD_SPEC = OptimizerSpec(
+    name="sgd",
+    display_name="SGD",
+    scalars=("lr", "momentum", "dampening", "weight_decay", "sign"),
+    flags=("momentum_on", "l2", "nesterov"),
+    counter=FIRST,
+    state_keys=_state_keys,
+    fold=_fold,
+    init_state=_empty_state,
+    fresh_when_missing=("momentum_buffer",),  # torch starts a buffer whenever there is none
+    sparse=True,
+    check_sparse=_check_sparse,
+    bytes_per_element=_bytes_per_element,
+)
 
 
 class SGD(MultiTensorOptimizer):
@@ -13,17 +57,12 @@ class SGD(MultiTensorOptimizer):
     a parameter's first step. For float16 and bfloat16 parameters the buffer is float32 and the
     update is computed in float32, then rounded once into the parameter.
 
-    ``backend``: None (``$FUSED_OPTIM_BACKEND`` if set, else ``"auto"``), ``"auto"``,
-    ``"reference"``, ``"cpp"`` or ``"triton"``. ``foreach`` and ``fused`` are accepted, stored and
-    unused. Sparse gradients are not supported (a RuntimeError).
+    Sparse gradients (``nn.Embedding(sparse=True)``) are stepped as torch steps them, beside the
+    dense ones of the same group; the momentum buffer of such a parameter is kept dense (the same
+    values as torch's sparse buffer). Weight decay with a sparse gradient is an error, as in torch.
+""" + BACKEND_NOTE
 
-    ``max_grad_norm`` clips inside the step, as ``clip_grad_norm_`` then ``step()`` would, leaving
-    the gradients unclipped; ``last_grad_norm`` holds the norm. GradScaler's unscale and inf/NaN
-    skip happen inside the update (see fused_optim.optim._base).
-    """
-
-    _display_name = "SGD"
-    _has_steps = False
+    spec = SGD_SPEC
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *, maximize=False,
                  foreach=None, differentiable=False, fused=None, backend=None, max_grad_norm=None):
@@ -40,6 +79,7 @@ class SGD(MultiTensorOptimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
                         maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused)
         super().__init__(params, defaults, backend, max_grad_norm)
+        check_fused(fused, foreach, differentiable)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -49,20 +89,3 @@ class SGD(MultiTensorOptimizer):
             group.setdefault("foreach", None)
             group.setdefault("differentiable", False)
             group.setdefault("fused", False)
-
-    def _state_keys(self, group):
-        return ("momentum_buffer",) if group["momentum"] != 0 else ()
-
-    def _missing_state_is_fresh(self, key):
-        return key == "momentum_buffer"  # torch starts a buffer whenever there is none
-
-    def _init_state(self, group, param, state):
-        for key in self._state_keys(group):
-            state[key] = torch.empty_like(param, dtype=state_dtype(param.dtype), memory_format=torch.preserve_format)
-        return True
-
-    def _update(self, group, plan, extras):
-        plan.sgd(
-            scalar(group["lr"]), scalar(group["momentum"]), scalar(group["dampening"]), scalar(group["weight_decay"]),
-            bool(group["nesterov"]), bool(group["maximize"]), **extras,
-        )

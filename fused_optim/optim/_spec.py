@@ -1,0 +1,67 @@
+"""How an optimizer is described to the backends: once, beside its frontend class.
+
+A spec names the optimizer's kernel (the same name on every backend: ``reference.optim.<name>``,
+``csrc/<name>.cpp`` registering ``"<name>"``, ``triton/<name>.py``), its per-parameter state
+(torch's keys), its counter, and how a param group's hyperparameters fold into the float64
+scalars and compile-time flags its kernels take. The frontend (``_base.MultiTensorOptimizer``)
+and every backend plan read only this.
+"""
+
+import dataclasses
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from .._layout import MAX_KERNEL_FLAGS, MAX_KERNEL_SCALARS, state_dtype
+
+#: counter kinds: a float32 step count per parameter (as torch keeps ``state["step"]``), a
+#: first-step flag per parameter (SGD's momentum buffer starts as the gradient), or none
+STEP = "step"
+FIRST = "first"
+
+
+def zeros_state(group, param, keys):
+    """Each state tensor zero, in the state dtype, with the parameter's memory format."""
+    return {key: torch.zeros_like(param, dtype=state_dtype(param.dtype), memory_format=torch.preserve_format)
+            for key in keys}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    #: kernel name on every backend
+    name: str
+    #: as torch words it in messages ("Adam does not support ...")
+    display_name: str
+    #: names of the kernel scalars, in the order ``fold`` returns them (float64 each)
+    scalars: Tuple[str, ...]
+    #: names of the compile-time flags, in the order ``fold`` returns them
+    flags: Tuple[str, ...]
+    #: STEP, FIRST or None
+    counter: Optional[str]
+    #: group -> the state keys besides "step", in the order the kernels read them
+    state_keys: Callable
+    #: group -> (scalars, flags): tuples of floats and of ints
+    fold: Callable
+    #: (group, param, keys) -> {key: tensor}: the state created on a parameter's first step
+    init_state: Callable = zeros_state
+    #: state keys that may be missing in a loaded state_dict: created and marked fresh
+    fresh_when_missing: Tuple[str, ...] = ()
+    #: sparse gradients accepted (stepped by the reference math, dense ones by the kernels)
+    sparse: bool = False
+    #: group -> None, or raises when the group's options cannot take a sparse gradient
+    check_sparse: Optional[Callable] = None
+    #: (group, param_dtype) -> bytes moved per element by one update (the benchmark's byte model)
+    bytes_per_element: Optional[Callable] = None
+
+    def __post_init__(self):
+        if len(self.scalars) > MAX_KERNEL_SCALARS or len(self.flags) > MAX_KERNEL_FLAGS:
+            raise ValueError(f"{self.name}: at most {MAX_KERNEL_SCALARS} scalars and {MAX_KERNEL_FLAGS} flags")
+
+    def named(self, scalars, flags):
+        """The folded values as keyword arguments (the reference math's signature)."""
+        return {**dict(zip(self.scalars, scalars)), **{k: bool(v) for k, v in zip(self.flags, flags)}}
+
+
+def scalar(value):
+    """A hyperparameter as a Python float (torch allows 1-element tensors for lr and betas)."""
+    return float(value) if isinstance(value, torch.Tensor) else float(value)

@@ -1,0 +1,46 @@
+"""SGD kernel body (scalars and flags: fused_optim/optim/sgd.py's spec). The counter is the
+tensor's first-step flag: on a first step the momentum buffer is not read, only written."""
+
+import triton
+import triton.language as tl
+
+from .common import to_storage
+from .optim import chunk_end, grad_factor, header_scalar, program_chunk, row_counter, row_grad, row_param, row_state
+
+
+@triton.jit
+def sgd_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
+               HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+               MOMENTUM_ON: tl.constexpr, L2: tl.constexpr, NESTEROV: tl.constexpr):
+    row, start = program_chunk(table, chunks)
+    neg_lr = (-header_scalar(table, 0)).to(C)
+    momentum = header_scalar(table, 1).to(C)
+    one_minus_dampening = (1.0 - header_scalar(table, 2)).to(C)
+    weight_decay = header_scalar(table, 3).to(C)
+    sign = header_scalar(table, 4).to(C)
+    p_ptr = row_param(row, P)
+    g_ptr = row_grad(row, P)
+    factor = grad_factor(factor_ptr, C, HAS_FACTOR)
+    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF)
+
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        mask = offs < end
+        param = tl.load(p_ptr + offs, mask=mask, other=0.0).to(C)
+        grad = sign * (tl.load(g_ptr + offs, mask=mask, other=0.0).to(C) * factor)
+        if L2:
+            grad = grad + weight_decay * param
+        if MOMENTUM_ON:
+            buf_ptr = row_state(row, 0, S)
+            first = row_counter(row) != 0
+            old = tl.load(buf_ptr + offs, mask=mask & (not first), other=0.0).to(C)
+            buf = tl.where(first, grad, old * momentum + one_minus_dampening * grad)
+            tl.store(buf_ptr + offs, buf.to(S), mask=mask)
+            if NESTEROV:
+                grad = grad + momentum * buf
+            else:
+                grad = buf
+        tl.store(p_ptr + offs, to_storage(param + neg_lr * grad, P), mask=mask)
+
+
+KERNEL = sgd_kernel
