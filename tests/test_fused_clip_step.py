@@ -54,8 +54,12 @@ def test_fused_clip_over_groups_and_dtypes(info, backend_device):
         reference_opt.step()
         assert fused_opt.last_grad_norm.dtype == norm.dtype == torch.float64
         torch.testing.assert_close(fused_opt.last_grad_norm, norm, rtol=1e-6, atol=0)
+    # The reference clips first, rounding the clipped bfloat16 gradients to bfloat16; the fused step
+    # scales them in float32. RMSprop and Adagrad divide by the root of the squared gradients, which
+    # turns that rounding into up to a few bfloat16 ulps.
+    bf16_rtol = 2**-5 if info.name in ("RMSprop", "Adagrad") else 2**-7
     for p, q in zip(params, expected):
-        torch.testing.assert_close(p, q, rtol=2**-7 if p.dtype == torch.bfloat16 else 1e-5, atol=1e-6)
+        torch.testing.assert_close(p, q, rtol=bf16_rtol if p.dtype == torch.bfloat16 else 1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [-1.0, "1.0"], ids=repr)
