@@ -81,8 +81,7 @@ def batch_norm_moments_kernel(x_ptr, mean_ptr, m2_ptr, C, S, M, split_size, CHAN
                                    x_ptr.dtype.element_ty.primitive_bitwidth)
     chans, chan_mask = _channel_block(C, BLOCK_C)
     split = tl.program_id(1).to(tl.int64)
-    m_start = split * split_size
-    m_end = tl.minimum(m_start + split_size, M)
+    m_start, m_end = _split_range(split_size, M)
     mean = tl.zeros([BLOCK_C], CT)
     m2 = tl.zeros([BLOCK_C], CT)
     for start in range(m_start, m_end, BLOCK_M):

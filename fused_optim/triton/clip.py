@@ -15,14 +15,14 @@ CHUNK = 8 * BLOCK
 FINALIZE_BLOCK = 1024
 ROW = 2
 
-# Norm kinds (a constexpr of the kernels)
-L1, L2, LINF, LP = 1, 2, 3, 4
+# Norm kinds (the kernels' KIND constexpr)
+L1, L2, LINF, LP = tl.constexpr(1), tl.constexpr(2), tl.constexpr(3), tl.constexpr(4)
 
 _chunks = ChunkTable(CHUNK)
 
 
 def norm_kind(norm_type):
-    return {1.0: L1, 2.0: L2, float("inf"): LINF}.get(float(norm_type), LP)
+    return {1.0: L1, 2.0: L2, float("inf"): LINF}.get(float(norm_type), LP).value
 
 
 @triton.jit
@@ -64,11 +64,11 @@ def _whole_block(x_ptr, start, i, BLOCK: tl.constexpr):
 @triton.jit
 def _accumulate(acc, x, p, KIND: tl.constexpr, ACC: tl.constexpr):
     a = tl.abs(x.to(ACC))
-    if KIND == 1:
+    if KIND == L1:
         acc += a
-    elif KIND == 2:
+    elif KIND == L2:
         acc += a * a
-    elif KIND == 3:
+    elif KIND == LINF:
         acc = tl.where((a > acc) | (a != a), a, acc)
     else:
         acc += tl.where(a > 0, tl.exp2(p * tl.log2(tl.where(a > 0, a, 1.0))), 0.0)
@@ -91,7 +91,7 @@ def norm_partials_kernel(table, chunks, partials, p: tl.float64, P: tl.constexpr
         for i in range(0, CHUNK, BLOCK):
             offs = _chunk_offsets(start, i, BLOCK)
             acc = _accumulate(acc, tl.load(x_ptr + offs, mask=offs < n, other=0.0), p, KIND, ACC)
-    if KIND == 3:
+    if KIND == LINF:
         result = _max_keep_nan(acc)
     else:
         result = tl.sum(acc, axis=0)
@@ -118,17 +118,17 @@ def norm_finalize_kernel(partials, n, total_out, factor_out, scale_ptr, scalars,
     for i in range(0, n, BLOCK):
         offs = i + tl.arange(0, BLOCK)
         v = tl.load(partials + offs, mask=offs < n, other=0.0)
-        if KIND == 3:
+        if KIND == LINF:
             acc = tl.where((v > acc) | (v != v), v, acc)
         else:
             acc += v
-    if KIND == 3:
+    if KIND == LINF:
         s = _max_keep_nan(acc)
     else:
         s = tl.sum(acc, axis=0)
-    if KIND == 2:
+    if KIND == L2:
         total = tl.sqrt(s)
-    elif KIND == 4:
+    elif KIND == LP:
         total = tl.where(s > 0, tl.exp2(tl.log2(tl.where(s > 0, s, 1.0)) / p), 0.0)
     else:
         total = s
