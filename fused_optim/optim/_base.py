@@ -149,11 +149,11 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
         saved values are converted directly instead of through the parameter's dtype. A state_dict
         from torch.optim loads too: the groups keep their low-precision options, and master
         weights missing from it are initialised from the parameters."""
-        options = [{k: g[k] for k in LOW_PRECISION_OPTIONS if k in g} for g in self.param_groups]
+        options = [{k: g[k] for k in LOW_PRECISION_OPTIONS if k in g and k not in saved}
+                   for g, saved in zip(self.param_groups, state_dict["param_groups"])]
         super().load_state_dict(state_dict)
         for group, mine in zip(self.param_groups, options):
-            for key, value in mine.items():
-                group.setdefault(key, value)
+            group.update(mine)
             check_low_precision(group, self._display_name)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         groups = [g for g in self.param_groups for _ in g["params"]]
