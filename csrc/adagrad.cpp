@@ -27,9 +27,12 @@ struct AdagradScalars {
 // T: parameter storage, S: accumulator storage, M: master kind (element_loop.h).
 template <typename T, typename S, int M, bool L2>
 FUSED_OPTIM_INLINE void adagrad_loop(T* __restrict p, const T* __restrict g, S* __restrict sum,
-                                     void* __restrict master, int64_t n, const AdagradScalars<compute_t<T>>& s,
-                                     const RoundingKeys& keys) {
+                                     void* __restrict master, int64_t n, const AdagradScalars<compute_t<T>>& scalars_in,
+                                     const RoundingKeys& keys_in) {
   using C = compute_t<T>;
+  // local copies: the loop reads registers, never memory that a store might alias
+  const auto s = scalars_in;
+  const RoundingKeys keys = keys_in;
   for (int64_t i = 0; i < n; ++i) {
     const C param = load_param<T, M>(p, master, i);
     C grad = s.sign * (load(g[i]) * s.grad_factor);

@@ -36,8 +36,11 @@ struct AdamScalars {
 template <typename T, typename S, int M, bool AMSGRAD, bool L2>
 FUSED_OPTIM_INLINE void adam_loop(T* __restrict p, const T* __restrict g, S* __restrict m, S* __restrict v,
                                   S* __restrict vmax, void* __restrict master, int64_t n,
-                                  const AdamScalars<compute_t<T>>& s, const RoundingKeys& keys) {
+                                  const AdamScalars<compute_t<T>>& scalars_in, const RoundingKeys& keys_in) {
   using C = compute_t<T>;
+  // local copies: the loop reads registers, never memory that a store might alias
+  const auto s = scalars_in;
+  const RoundingKeys keys = keys_in;
   const C one_minus_weight = C(1) - s.one_minus_beta1;
   for (int64_t i = 0; i < n; ++i) {
     C param = load_param<T, M>(p, master, i);
@@ -47,8 +50,8 @@ FUSED_OPTIM_INLINE void adam_loop(T* __restrict p, const T* __restrict g, S* __r
     }
     param = param * s.decay;
     const C m_old = load(m[i]);
-    const C m_new = s.lerp_from_start ? m_old + s.one_minus_beta1 * (grad - m_old)
-                                      : grad - (grad - m_old) * one_minus_weight;
+    const C m_new = choose(s.lerp_from_start, m_old + s.one_minus_beta1 * (grad - m_old),
+                           grad - (grad - m_old) * one_minus_weight);
     C v_new = load(v[i]) * s.beta2;
     v_new = v_new + (s.one_minus_beta2 * grad) * grad;
     C v_used = v_new;

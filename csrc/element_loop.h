@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "dtypes.h"
@@ -68,10 +69,25 @@ inline void dispatch_low_precision(c10::ScalarType dtype, bool state_bf16, int64
   });
 }
 
+// `on ? a : b` for a condition that is the same for every element, as a select on bits: GCC leaves a
+// loop-invariant `?:` as control flow, which keeps the bigger loop bodies from being vectorized.
+template <typename C>
+FUSED_OPTIM_INLINE C choose(bool on, C a, C b) {
+  using Bits = std::conditional_t<sizeof(C) == 8, uint64_t, uint32_t>;
+  const Bits mask = Bits(0) - static_cast<Bits>(on);
+  Bits x, y;
+  std::memcpy(&x, &a, sizeof x);
+  std::memcpy(&y, &b, sizeof y);
+  const Bits r = (x & mask) | (y & ~mask);
+  C out;
+  std::memcpy(&out, &r, sizeof out);
+  return out;
+}
+
 // The parameter's value as the update sees it: the float32 master copy, the 16-bit value plus its
 // Kahan compensation, or the parameter itself.
 template <typename T, int M>
-FUSED_OPTIM_INLINE compute_t<T> load_param(const T* __restrict p, const void* __restrict master, int64_t i) {
+FUSED_OPTIM_INLINE compute_t<T> load_param(const T* p, const void* master, int64_t i) {
   if constexpr (M == kMasterFp32) {
     return static_cast<const float*>(master)[i];
   } else if constexpr (M == kMasterKahan) {
@@ -85,7 +101,7 @@ FUSED_OPTIM_INLINE compute_t<T> load_param(const T* __restrict p, const void* __
 // rounding error in the compensation (exact: the two are within a factor 2, Sterbenz); rounded
 // stochastically with the parameter's random bits (stream 0); or rounded to nearest.
 template <typename T, int M>
-FUSED_OPTIM_INLINE void store_param(T* __restrict p, void* __restrict master, int64_t i, compute_t<T> x,
+FUSED_OPTIM_INLINE void store_param(T* p, void* master, int64_t i, compute_t<T> x,
                                     const RoundingKeys& keys) {
   if constexpr (M == kMasterFp32) {
     static_cast<float*>(master)[i] = x;
@@ -104,7 +120,7 @@ FUSED_OPTIM_INLINE void store_param(T* __restrict p, void* __restrict master, in
 // Stores moment state k: bfloat16 state is rounded stochastically (stream 1 + k) under
 // master_weights="stochastic", to nearest otherwise.
 template <typename S, int M, typename C>
-FUSED_OPTIM_INLINE void store_state(S* __restrict s, int64_t i, C x, int k, const RoundingKeys& keys) {
+FUSED_OPTIM_INLINE void store_state(S* s, int64_t i, C x, int k, const RoundingKeys& keys) {
   if constexpr (std::is_same_v<S, bf16_bits> && M == kMasterStochastic) {
     s[i] = store_stochastic<bf16_bits>(x, keys.bits(1 + k, i));
   } else {

@@ -34,22 +34,23 @@ struct RmspropScalars {
 template <typename T, typename S, int M, bool CENTERED, bool MOMENTUM>
 FUSED_OPTIM_INLINE void rmsprop_loop(T* __restrict p, const T* __restrict g, S* __restrict square_avg,
                                      S* __restrict buf, S* __restrict grad_avg, void* __restrict master, int64_t n,
-                                     const RmspropScalars<compute_t<T>>& s, const RoundingKeys& keys) {
+                                     const RmspropScalars<compute_t<T>>& scalars_in, const RoundingKeys& keys_in) {
   using C = compute_t<T>;
+  // local copies: the loop reads registers, never memory that a store might alias
+  const auto s = scalars_in;
+  const RoundingKeys keys = keys_in;
   const C one_minus_weight = C(1) - s.one_minus_alpha;
   for (int64_t i = 0; i < n; ++i) {
     const C param = load_param<T, M>(p, master, i);
     C grad = s.sign * (load(g[i]) * s.grad_factor);
-    if (s.l2) {
-      grad = grad + s.weight_decay * param;
-    }
+    grad = choose(s.l2, grad + s.weight_decay * param, grad);
     const C sq = load(square_avg[i]) * s.alpha + (s.one_minus_alpha * grad) * grad;
     store_state<S, M>(square_avg, i, sq, 0, keys);
     C avg;
     if (CENTERED) {
       const C ga_old = load(grad_avg[i]);
-      const C ga = s.lerp_from_start ? ga_old + s.one_minus_alpha * (grad - ga_old)
-                                     : grad - (grad - ga_old) * one_minus_weight;
+      const C ga = choose(s.lerp_from_start, ga_old + s.one_minus_alpha * (grad - ga_old),
+                          grad - (grad - ga_old) * one_minus_weight);
       store_state<S, M>(grad_avg, i, ga, MOMENTUM ? 2 : 1, keys);
       avg = std::sqrt(sq + (-ga) * ga);
     } else {

@@ -84,7 +84,8 @@ FUSED_OPTIM_INLINE T store_stochastic(float x, uint32_t r);
 template <>
 FUSED_OPTIM_INLINE bf16_bits store_stochastic<bf16_bits>(float x, uint32_t r) {
   const uint32_t rounded = (float_bits(x) + (r & 0xFFFFu)) >> 16;
-  return x != x ? bf16_bits(0x7FC0) : static_cast<bf16_bits>(rounded);
+  const uint32_t nan = 0u - static_cast<uint32_t>(x != x);
+  return static_cast<bf16_bits>((rounded & ~nan) | (0x7FC0u & nan));
 }
 
 // float16: normal magnitudes keep 10 of float32's 23 mantissa bits; below 2^-14 the float16 grid is
@@ -95,9 +96,13 @@ FUSED_OPTIM_INLINE half_t store_stochastic<half_t>(float x, uint32_t r) {
   const float scaled = std::fabs(x) * 16777216.0f;
   const float whole = std::floor(scaled);
   const float u = static_cast<float>(r >> 8) * (1.0f / 16777216.0f);
-  const float tiny = std::copysign((whole + (u < scaled - whole ? 1.0f : 0.0f)) * (1.0f / 16777216.0f), x);
-  const float y = x != x ? x : (std::fabs(x) >= 6.103515625e-05f ? normal : tiny);
-  return static_cast<half_t>(y);
+  const float up = static_cast<float>(u < scaled - whole);
+  const uint32_t tiny = float_bits((whole + up) * (1.0f / 16777216.0f)) | (float_bits(x) & 0x80000000u);
+  // selects on bit masks, so the loops stay branch-free: x itself for NaN, else normal or tiny
+  const uint32_t is_normal = 0u - static_cast<uint32_t>(std::fabs(x) >= 6.103515625e-05f);
+  const uint32_t is_nan = 0u - static_cast<uint32_t>(x != x);
+  const uint32_t rounded = (float_bits(normal) & is_normal) | (tiny & ~is_normal);
+  return static_cast<half_t>(bits_float((float_bits(x) & is_nan) | (rounded & ~is_nan)));
 }
 
 }  // namespace fused_optim

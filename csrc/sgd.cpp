@@ -28,14 +28,15 @@ struct SgdScalars {
 // T: parameter storage, S: momentum buffer storage, M: master kind (element_loop.h).
 template <typename T, typename S, int M, bool MOMENTUM, bool FIRST>
 FUSED_OPTIM_INLINE void sgd_loop(T* __restrict p, const T* __restrict g, S* __restrict buf, void* __restrict master,
-                                 int64_t n, const SgdScalars<compute_t<T>>& s, const RoundingKeys& keys) {
+                                 int64_t n, const SgdScalars<compute_t<T>>& scalars_in, const RoundingKeys& keys_in) {
   using C = compute_t<T>;
+  // local copies: the loop reads registers, never memory that a store might alias
+  const auto s = scalars_in;
+  const RoundingKeys keys = keys_in;
   for (int64_t i = 0; i < n; ++i) {
     const C param = load_param<T, M>(p, master, i);
     C grad = s.sign * (load(g[i]) * s.grad_factor);
-    if (s.l2) {
-      grad = grad + s.weight_decay * param;
-    }
+    grad = choose(s.l2, grad + s.weight_decay * param, grad);
     if (MOMENTUM) {
       C b;
       if (FIRST) {
@@ -45,7 +46,7 @@ FUSED_OPTIM_INLINE void sgd_loop(T* __restrict p, const T* __restrict g, S* __re
         b = b + s.one_minus_dampening * grad;
       }
       store_state<S, M>(buf, i, b, 0, keys);
-      grad = s.nesterov ? grad + s.momentum * b : b;
+      grad = choose(s.nesterov, grad + s.momentum * b, b);
     }
     store_param<T, M>(p, master, i, param + s.neg_lr * grad, keys);
   }
