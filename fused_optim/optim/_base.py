@@ -224,7 +224,8 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
         # Step counts sit where the kernels read them: on the device for Triton (as torch's
         # fused optimizers keep them), on the CPU otherwise (as torch's default ones do).
         steps = self._new_steps(len(params), plans.device_of(params) if backend == "triton" else "cpu")
-        plan = plans.make_plan(backend, self.spec, params, steps, len(keys), self._plan_dtypes(group, params, keys), ids)
+        plan = plans.make_plan(backend, self.spec, params, steps, len(keys), self._plan_dtypes(group, params, keys),
+                               ids)
         return self._bind_plan(plan, group, params, steps, keys)
 
     def _build_repeated(self, group, params, keys, ids):

@@ -44,6 +44,12 @@ def master_state(group, param):
     return {}
 
 
+def master_bytes(group, element_size):
+    """Bytes per element the group's master weights add to a step: a float32 copy read and
+    written ("fp32"), a 16-bit compensation read and written ("kahan"), nothing otherwise."""
+    return {"fp32": 8, "kahan": 2 * element_size}.get(group.get("master_weights"), 0)
+
+
 #: what every spec's fold appends (``low_precision_fold``), and what every kernel reads last
 LOW_PRECISION_SCALARS = ("rounding_key",)
 LOW_PRECISION_FLAGS = ("master", "state_bf16")
@@ -83,7 +89,8 @@ class OptimizerSpec:
     sparse: bool = False
     #: group -> None, or raises when the group's options cannot take a sparse gradient
     check_sparse: Optional[Callable] = None
-    #: (group, param_dtype) -> bytes moved per element by one update (the benchmark's byte model)
+    #: (group, element_size, state_size) -> bytes moved per element by one update (master weights
+    #: included, ``master_bytes``)
     bytes_per_element: Optional[Callable] = None
 
     def __post_init__(self):

@@ -6,7 +6,7 @@ import torch
 from ._base import MultiTensorOptimizer, low_precision_defaults
 from ._checks import BACKEND_NOTE, LOW_PRECISION_NOTE, check_fused, check_lr, check_non_negative
 from ._spec import (LOW_PRECISION_FLAGS, LOW_PRECISION_SCALARS, STEP, OptimizerSpec, group_state_dtype,
-                    low_precision_fold, scalar)
+                    low_precision_fold, master_bytes, scalar)
 
 
 def _state_keys(group):
@@ -32,7 +32,7 @@ def _check_sparse(group):
 
 
 def _bytes_per_element(group, element_size, state_size):
-    return 3 * element_size + 2 * state_size
+    return master_bytes(group, element_size) + 3 * element_size + 2 * state_size
 
 
 ADAGRAD_SPEC = OptimizerSpec(

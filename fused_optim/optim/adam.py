@@ -6,7 +6,8 @@ import torch
 
 from ._base import MultiTensorOptimizer, low_precision_defaults
 from ._checks import BACKEND_NOTE, LOW_PRECISION_NOTE, check_fused, check_lr, check_non_negative
-from ._spec import LOW_PRECISION_FLAGS, LOW_PRECISION_SCALARS, STEP, OptimizerSpec, low_precision_fold, scalar
+from ._spec import (LOW_PRECISION_FLAGS, LOW_PRECISION_SCALARS, STEP, OptimizerSpec, low_precision_fold,
+                    master_bytes, scalar)
 
 
 def _state_keys(group):
@@ -27,7 +28,8 @@ def _fold(group):
 
 def _bytes_per_element(group, element_size, state_size):
     # p and g in, p, m, v in and out (and vmax with amsgrad)
-    return 2 * element_size + element_size + (2 * (3 if group["amsgrad"] else 2)) * state_size
+    return (master_bytes(group, element_size) + 2 * element_size + element_size
+            + (2 * (3 if group["amsgrad"] else 2)) * state_size)
 
 
 ADAM_SPEC = OptimizerSpec(

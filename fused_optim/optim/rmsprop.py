@@ -5,7 +5,8 @@ import math
 
 from ._base import MultiTensorOptimizer, low_precision_defaults
 from ._checks import BACKEND_NOTE, LOW_PRECISION_NOTE, check_lr, check_non_negative
-from ._spec import LOW_PRECISION_FLAGS, LOW_PRECISION_SCALARS, STEP, OptimizerSpec, low_precision_fold, scalar
+from ._spec import (LOW_PRECISION_FLAGS, LOW_PRECISION_SCALARS, STEP, OptimizerSpec, low_precision_fold,
+                    master_bytes, scalar)
 
 
 def _state_keys(group):
@@ -26,7 +27,7 @@ def _fold(group):
 
 
 def _bytes_per_element(group, element_size, state_size):
-    return 3 * element_size + 2 * len(_state_keys(group)) * state_size
+    return master_bytes(group, element_size) + 3 * element_size + 2 * len(_state_keys(group)) * state_size
 
 
 RMSPROP_SPEC = OptimizerSpec(

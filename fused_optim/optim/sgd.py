@@ -5,7 +5,7 @@ import torch
 from ._base import MultiTensorOptimizer, low_precision_defaults
 from ._checks import BACKEND_NOTE, check_fused
 from ._spec import (LOW_PRECISION_FLAGS, LOW_PRECISION_SCALARS, FIRST, OptimizerSpec, group_state_dtype,
-                    low_precision_fold, scalar)
+                    low_precision_fold, master_bytes, scalar)
 
 
 def _state_keys(group):
@@ -16,7 +16,8 @@ def _fold(group):
     momentum, weight_decay = scalar(group["momentum"]), scalar(group["weight_decay"])
     scalars = (scalar(group["lr"]), momentum, scalar(group["dampening"]), weight_decay,
                -1.0 if group["maximize"] else 1.0)
-    return low_precision_fold(group, scalars, (int(momentum != 0), int(weight_decay != 0), int(bool(group["nesterov"]))))
+    flags = (int(momentum != 0), int(weight_decay != 0), int(bool(group["nesterov"])))
+    return low_precision_fold(group, scalars, flags)
 
 
 def _empty_state(group, param, keys):
@@ -31,7 +32,7 @@ def _check_sparse(group):
 
 
 def _bytes_per_element(group, element_size, state_size):
-    return 3 * element_size + (2 * state_size if group["momentum"] != 0 else 0)
+    return master_bytes(group, element_size) + 3 * element_size + (2 * state_size if group["momentum"] != 0 else 0)
 
 
 SGD_SPEC = OptimizerSpec(

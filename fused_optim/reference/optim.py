@@ -226,6 +226,13 @@ def adagrad(param, grad, state, step, first, grad_factor, *, lr, lr_decay, eps, 
     lp.store_param(p + ((-clr) * g) / (total.sqrt() + eps))
 
 
+def _sparse_scaled(grad, grad_factor, sign, coalesce):
+    g = grad.coalesce() if coalesce else grad
+    if grad_factor is not None:
+        g = g * (grad_factor.to(g.device, torch.float64).item() if isinstance(grad_factor, torch.Tensor) else grad_factor)
+    return g if sign == 1.0 else -g
+
+
 def _check_sparse_low_precision(name, master=0, state_bf16=0, **_):
     if master or state_bf16:
         raise RuntimeError(f"{name}: master_weights and state_dtype=torch.bfloat16 take dense gradients only")

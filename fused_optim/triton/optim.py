@@ -236,7 +236,8 @@ def launch(kernel, rows, param_dtype, device, scalars, flags, grad_factor=None, 
         kernel[(chunks.shape[0],)](
             table, chunks, grad_factor if grad_factor is not None else table,
             found_inf if found_inf is not None else table, P=TL_DTYPES[param_dtype],
-            S=TL_DTYPES[state_dtype(param_dtype, torch.bfloat16 if flags.get("STATE_BF16") else None)], C=tl.float64 if param_dtype == torch.float64 else tl.float32,
+            S=TL_DTYPES[state_dtype(param_dtype, torch.bfloat16 if flags.get("STATE_BF16") else None)],
+            C=tl.float64 if param_dtype == torch.float64 else tl.float32,
             HAS_FACTOR=grad_factor is not None, HAS_FOUND_INF=found_inf is not None, BLOCK=BLOCK, CHUNK=CHUNK,
             **flags,
         )
