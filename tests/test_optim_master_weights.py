@@ -249,13 +249,13 @@ def test_state_bytes():
 
 
 def train_linear_regression(master, dtype=torch.bfloat16, steps=2000, lr=1e-3, backend="cpp"):
-    """Adam on a 32-weight linear regression (targets in [0.5, 1), noise 0.1), weights starting at
+    """Adam on a 32-weight linear regression (targets in [0.5, 1), noise 0.25), weights starting at
     zero: per-step updates of about lr = 1e-3 are below half a bfloat16 ulp once a weight passes
     0.5, so rounding to nearest stalls there. Returns the training loss of every step."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 32, generator=g)
     target = 0.5 + 0.5 * torch.rand(32, generator=g)
-    y = x @ target + 0.1 * torch.randn(512, generator=g)
+    y = x @ target + 0.25 * torch.randn(512, generator=g)
     w = torch.zeros(32, dtype=dtype, requires_grad=True)
     opt = fo.Adam([w], lr=lr, backend=backend, master_weights=master, seed=0)
     losses = []
