@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import TL_DTYPES, div_rn, sqrt_rn, to_storage
+from .common import TL_DTYPES, div_rn, is_aligned, multiple_of, scalar, sqrt_rn, to_storage, vector_width
 
 # Elements per program tile, and the widest channel block of the channels_last tiling.
 TILE_ELEMENTS = 2048
@@ -27,8 +27,11 @@ PLANAR_BLOCK_C = 4
 PROGRAMS_PER_SM = 8
 PROGRAMS_CPU = 4
 MAX_SPLITS = 256
-# Fewest values of m per split.
+# Fewest values of m per split; every split is a multiple of this many, so a planar split
+# starts on a 128-bit boundary of each channel's run whenever S does.
 MIN_SPLIT = 16
+# Splits per iteration of the combines' loop: a 32 x CHANNELS_LAST_BLOCK_C tile stays in registers.
+COMBINE_BLOCK_S = 32
 
 
 @triton.jit
@@ -46,18 +49,36 @@ def _split_range(split_size, M):
 
 
 @triton.jit
+def _aligned(C, S, M, split_size, CHANNELS_LAST: tl.constexpr, ALIGNED: tl.constexpr, BITS: tl.constexpr):
+    """(C, S, M, split_size), with the divisibility an aligned launch guarantees made visible to the
+    compiler (channels_last: C; planar: S, hence M, and split_size are multiples of a 128-bit
+    vector of BITS-bit elements), so loads and stores along the contiguous axis are 128 bits."""
+    if ALIGNED:
+        if CHANNELS_LAST:
+            C = multiple_of(C, 128 // BITS)
+        else:
+            S = multiple_of(S, 128 // BITS)
+            M = multiple_of(M, 128 // BITS)
+            split_size = multiple_of(split_size, 128 // BITS)
+    return C, S, M, split_size
+
+
+@triton.jit
 def _offsets(ms, chans, C, S, CHANNELS_LAST: tl.constexpr):
     if CHANNELS_LAST:
         return ms[:, None] * C + chans[None, :]
     else:
         n = ms // S
-        return (n * C)[:, None] * S + chans[None, :] * S + (ms - n * S)[:, None]
+        return (n[:, None] * C + chans[None, :]) * S + (ms % S)[:, None]
 
 
 @triton.jit(do_not_specialize=["C", "S", "M", "split_size"])
 def batch_norm_moments_kernel(x_ptr, mean_ptr, m2_ptr, C, S, M, split_size, CHANNELS_LAST: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr):
+                              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr,
+                              ALIGNED: tl.constexpr = False):
     """Mean and M2 of each channel's values m in this program's split, into mean_ptr/m2_ptr[split, channel]."""
+    C, S, M, split_size = _aligned(C, S, M, split_size, CHANNELS_LAST, ALIGNED,
+                                   x_ptr.dtype.element_ty.primitive_bitwidth)
     chans, chan_mask = _channel_block(C, BLOCK_C)
     split = tl.program_id(1).to(tl.int64)
     m_start = split * split_size
@@ -81,27 +102,44 @@ def batch_norm_moments_kernel(x_ptr, mean_ptr, m2_ptr, C, S, M, split_size, CHAN
     tl.store(m2_ptr + split * C + chans, m2, mask=chan_mask)
 
 
+@triton.jit
+def _split_block(ptr, first, chans, chan_mask, C, M, split_size, splits, BLOCK_S: tl.constexpr, CT: tl.constexpr):
+    """Splits [first, first + BLOCK_S) of a [split, channel] buffer: (values, mask, element counts).
+    The combines loop over blocks of splits so that their tile stays in registers."""
+    s = first + tl.arange(0, BLOCK_S).to(tl.int64)
+    s_mask = s < splits
+    mask = s_mask[:, None] & chan_mask[None, :]
+    values = tl.load(ptr + s[:, None] * C + chans[None, :], mask=mask, other=0.0)
+    return values, mask, tl.where(s_mask, tl.minimum(split_size, M - s * split_size), 0).to(CT)
+
+
 @triton.jit(do_not_specialize=["C", "M", "split_size", "splits"])
 def batch_norm_combine_kernel(split_mean_ptr, split_m2_ptr, w_ptr, b_ptr, running_mean_ptr, running_var_ptr, mean_ptr,
-                              rstd_ptr, alpha_ptr, beta_ptr, C, M, split_size, splits, momentum, eps,
+                              rstd_ptr, alpha_ptr, beta_ptr, C, M, split_size, splits, momentum: tl.float64,
+                              eps: tl.float64,
                               USE_BATCH_STATS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                               HAS_RUNNING_MEAN: tl.constexpr, HAS_RUNNING_VAR: tl.constexpr, RM: tl.constexpr,
                               RV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr):
     """Per channel: the statistics to normalize with (saved), running-stat updates, and alpha, beta."""
+    momentum = scalar(momentum, CT)
+    eps = scalar(eps, CT)
     chans, chan_mask = _channel_block(C, BLOCK_C)
     if USE_BATCH_STATS:
-        s = tl.arange(0, BLOCK_S)
-        s_mask = s < splits
-        counts = tl.where(s_mask, tl.minimum(split_size, M - s * split_size), 0).to(CT)
-        mask = s_mask[:, None] & chan_mask[None, :]
-        offsets = s[:, None] * C + chans[None, :]
-        split_mean = tl.load(split_mean_ptr + offsets, mask=mask, other=0.0)
-        split_m2 = tl.load(split_m2_ptr + offsets, mask=mask, other=0.0)
         n = M + tl.zeros([BLOCK_C], CT)
-        mean = div_rn(tl.sum(counts[:, None] * split_mean, axis=0), n)
+        weighted = tl.zeros([BLOCK_C], CT)
+        for first in range(0, splits, BLOCK_S):
+            split_mean, _, counts = _split_block(split_mean_ptr, first, chans, chan_mask, C, M, split_size, splits,
+                                                 BLOCK_S, CT)
+            weighted += tl.sum(counts[:, None] * split_mean, axis=0)
+        mean = div_rn(weighted, n)
         # M2 of the union: the splits' own M2 plus their means' spread about the overall mean.
-        d = split_mean - mean[None, :]
-        m2 = tl.sum(split_m2, axis=0) + tl.sum(counts[:, None] * d * d, axis=0)
+        m2 = tl.zeros([BLOCK_C], CT)
+        for first in range(0, splits, BLOCK_S):
+            split_mean, mask, counts = _split_block(split_mean_ptr, first, chans, chan_mask, C, M, split_size, splits,
+                                                    BLOCK_S, CT)
+            split_m2, _, _ = _split_block(split_m2_ptr, first, chans, chan_mask, C, M, split_size, splits, BLOCK_S, CT)
+            d = tl.where(mask, split_mean - mean[None, :], 0.0)
+            m2 += tl.sum(split_m2, axis=0) + tl.sum(counts[:, None] * d * d, axis=0)
         var = div_rn(m2, n)
         if HAS_RUNNING_MEAN:
             running = tl.load(running_mean_ptr + chans, mask=chan_mask, other=0.0).to(CT)
@@ -130,8 +168,10 @@ def batch_norm_combine_kernel(split_mean_ptr, split_m2_ptr, w_ptr, b_ptr, runnin
 
 @triton.jit(do_not_specialize=["C", "S", "M", "split_size"])
 def batch_norm_affine_kernel(x_ptr, y_ptr, alpha_ptr, beta_ptr, C, S, M, split_size, CHANNELS_LAST: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr, Y: tl.constexpr):
+                             BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CT: tl.constexpr, Y: tl.constexpr,
+                             ALIGNED: tl.constexpr = False):
     """y = x * alpha[c] + beta[c] over this program's block of channels and split of m."""
+    C, S, M, split_size = _aligned(C, S, M, split_size, CHANNELS_LAST, ALIGNED, Y.primitive_bitwidth)
     chans, chan_mask = _channel_block(C, BLOCK_C)
     alpha = tl.load(alpha_ptr + chans, mask=chan_mask, other=0.0)
     beta = tl.load(beta_ptr + chans, mask=chan_mask, other=0.0)
@@ -147,8 +187,10 @@ def batch_norm_affine_kernel(x_ptr, y_ptr, alpha_ptr, beta_ptr, C, S, M, split_s
 @triton.jit(do_not_specialize=["C", "S", "M", "split_size"])
 def batch_norm_grad_sums_kernel(dy_ptr, x_ptr, mean_ptr, sum_dy_ptr, sum_dy_xmu_ptr, C, S, M, split_size,
                                 CHANNELS_LAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-                                CT: tl.constexpr):
+                                CT: tl.constexpr, ALIGNED: tl.constexpr = False):
     """Sums of dy and dy * (x - mean) per channel over this program's split, into [split, channel]."""
+    C, S, M, split_size = _aligned(C, S, M, split_size, CHANNELS_LAST, ALIGNED,
+                                   x_ptr.dtype.element_ty.primitive_bitwidth)
     chans, chan_mask = _channel_block(C, BLOCK_C)
     mean = tl.load(mean_ptr + chans, mask=chan_mask, other=0.0)
     split = tl.program_id(1).to(tl.int64)
@@ -186,11 +228,14 @@ def batch_norm_grad_combine_kernel(sum_dy_ptr, sum_dy_xmu_ptr, w_ptr, mean_ptr, 
         scale = scale * tl.load(w_ptr + chans, mask=chan_mask, other=0.0).to(CT)
     tl.store(k1_ptr + chans, scale, mask=chan_mask)
     if HAS_SUMS:
-        s = tl.arange(0, BLOCK_S)
-        mask = (s < splits)[:, None] & chan_mask[None, :]
-        offsets = s[:, None] * C + chans[None, :]
-        sum_dy = tl.sum(tl.load(sum_dy_ptr + offsets, mask=mask, other=0.0), axis=0)
-        sum_dy_xmu = tl.sum(tl.load(sum_dy_xmu_ptr + offsets, mask=mask, other=0.0), axis=0)
+        sum_dy = tl.zeros([BLOCK_C], CT)
+        sum_dy_xmu = tl.zeros([BLOCK_C], CT)
+        for first in range(0, splits, BLOCK_S):  # blocks of splits, so the tile stays in registers
+            s = first + tl.arange(0, BLOCK_S).to(tl.int64)
+            mask = (s < splits)[:, None] & chan_mask[None, :]
+            offsets = s[:, None] * C + chans[None, :]
+            sum_dy += tl.sum(tl.load(sum_dy_ptr + offsets, mask=mask, other=0.0), axis=0)
+            sum_dy_xmu += tl.sum(tl.load(sum_dy_xmu_ptr + offsets, mask=mask, other=0.0), axis=0)
         tl.store(dweight_ptr + chans, sum_dy_xmu * rstd, mask=chan_mask)
         tl.store(dbias_ptr + chans, sum_dy, mask=chan_mask)
         if USED_BATCH_STATS:
@@ -202,7 +247,8 @@ def batch_norm_grad_combine_kernel(sum_dy_ptr, sum_dy_xmu_ptr, w_ptr, mean_ptr, 
 @triton.jit(do_not_specialize=["C", "S", "M", "split_size"])
 def batch_norm_dx_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, k1_ptr, k2_ptr, k3_ptr, C, S, M, split_size,
                          USED_BATCH_STATS: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_C: tl.constexpr, CT: tl.constexpr, X: tl.constexpr):
+                         BLOCK_C: tl.constexpr, CT: tl.constexpr, X: tl.constexpr, ALIGNED: tl.constexpr = False):
+    C, S, M, split_size = _aligned(C, S, M, split_size, CHANNELS_LAST, ALIGNED, X.primitive_bitwidth)
     chans, chan_mask = _channel_block(C, BLOCK_C)
     k1 = tl.load(k1_ptr + chans, mask=chan_mask, other=0.0)
     if USED_BATCH_STATS:
@@ -238,15 +284,20 @@ class _Grid:
         else:
             budget = PROGRAMS_CPU
         splits = max(1, min(budget // self.channel_blocks, triton.cdiv(self.m, MIN_SPLIT), MAX_SPLITS))
-        self.split_size = triton.cdiv(self.m, splits)
+        self.split_size = triton.cdiv(triton.cdiv(self.m, splits), MIN_SPLIT) * MIN_SPLIT
         self.splits = triton.cdiv(self.m, self.split_size)
         self.block_m = max(2, min(TILE_ELEMENTS // self.block_c, triton.next_power_of_2(self.split_size)))
-        self.block_s = max(2, triton.next_power_of_2(self.splits))
+        self.block_s = max(2, min(COMBINE_BLOCK_S, triton.next_power_of_2(self.splits)))
         self.launch = (self.channel_blocks, self.splits)
         self.combine_launch = (self.channel_blocks,)
 
     def dims(self):
         return self.channels, self.spatial, self.m, self.split_size
+
+    def aligned(self, tensors, channels_last):
+        """Whether the aligned kernel variant may run on these (N, C, S) layout tensors."""
+        stride = self.channels if channels_last else self.spatial
+        return is_aligned(tensors, [stride], vector_width(tensors[0].dtype))
 
 
 def _compute(dtype):
@@ -266,7 +317,7 @@ def batch_norm_forward(x, channels_last, weight, bias, running_mean, running_var
         split_m2 = torch.empty_like(split_mean)
         batch_norm_moments_kernel[grid.launch](x, split_mean, split_m2, channels, spatial, m, split_size,
                                                CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m,
-                                               BLOCK_C=grid.block_c, CT=ct)
+                                               BLOCK_C=grid.block_c, CT=ct, ALIGNED=grid.aligned([x], channels_last))
     batch_norm_combine_kernel[grid.combine_launch](
         split_mean, split_m2, mean if weight is None else weight, mean if bias is None else bias,
         mean if running_mean is None else running_mean, mean if running_var is None else running_var,
@@ -280,7 +331,7 @@ def batch_norm_forward(x, channels_last, weight, bias, running_mean, running_var
     y = torch.empty_like(x)
     batch_norm_affine_kernel[grid.launch](x, y, alpha, beta, channels, spatial, m, split_size,
                                           CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m, BLOCK_C=grid.block_c,
-                                          CT=ct, Y=TL_DTYPES[x.dtype])
+                                          CT=ct, Y=TL_DTYPES[x.dtype], ALIGNED=grid.aligned([x, y], channels_last))
     return y, mean, rstd
 
 
@@ -300,7 +351,8 @@ def batch_norm_backward(dy, x, channels_last, weight, mean, rstd, used_batch_sta
         sum_dy_xmu = torch.empty_like(sum_dy)
         batch_norm_grad_sums_kernel[grid.launch](dy, x, mean, sum_dy, sum_dy_xmu, channels, spatial, m, split_size,
                                                  CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m,
-                                                 BLOCK_C=grid.block_c, CT=ct)
+                                                 BLOCK_C=grid.block_c, CT=ct,
+                                                 ALIGNED=grid.aligned([dy, x], channels_last))
     batch_norm_grad_combine_kernel[grid.combine_launch](
         sum_dy, sum_dy_xmu, mean if weight is None else weight, mean, rstd, dweight, dbias, k1, k2, k3, channels, m,
         grid.splits, HAS_SUMS=need_sums, USED_BATCH_STATS=used_batch_stats, HAS_WEIGHT=weight is not None,
@@ -311,5 +363,6 @@ def batch_norm_backward(dy, x, channels_last, weight, mean, rstd, used_batch_sta
         dx = torch.empty_like(x)
         batch_norm_dx_kernel[grid.launch](dy, x, dx, mean, k1, k2, k3, channels, spatial, m, split_size,
                                           USED_BATCH_STATS=used_batch_stats, CHANNELS_LAST=channels_last,
-                                          BLOCK_M=grid.block_m, BLOCK_C=grid.block_c, CT=ct, X=TL_DTYPES[x.dtype])
+                                          BLOCK_M=grid.block_m, BLOCK_C=grid.block_c, CT=ct, X=TL_DTYPES[x.dtype],
+                                          ALIGNED=grid.aligned([dy, x, dx], channels_last))
     return dx, dweight if need_dweight else None, dbias if need_dbias else None

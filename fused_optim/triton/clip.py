@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from .._layout import LaunchRow, flat_views, real, write_back
-from .common import TL_DTYPES, ChunkTable, div_rn, to_storage, upload
+from .common import TL_DTYPES, VECTOR_BYTES, ChunkTable, div_rn, scalar, to_storage, upload
 
 BLOCK = 1024
 CHUNK = 8 * BLOCK
@@ -32,34 +32,65 @@ def _max_keep_nan(values):
 
 
 @triton.jit
-def _program_chunk(table, chunks, P: tl.constexpr, ROW: tl.constexpr, PTR: tl.constexpr, NUMEL: tl.constexpr):
-    """(pointer to the tensor, first element, element count) of this program's chunk. The table
-    has ROW int64 words per tensor, the data address at word PTR and the element count at NUMEL."""
+def _program_chunk(table, chunks, P: tl.constexpr, ROW: tl.constexpr, PTR: tl.constexpr, NUMEL: tl.constexpr,
+                   CHUNK: tl.constexpr, ALIGNED: tl.constexpr):
+    """(pointer to the tensor, first element, element count, whether the chunk is whole and aligned)
+    of this program's chunk. The table has ROW int64 words per tensor, the data address at word PTR
+    and the element count at NUMEL. ALIGNED: the launcher has checked every address is 16-byte
+    aligned, so whole chunks may take the unmasked path of 128-bit accesses (_whole_block)."""
     pid = tl.program_id(0).to(tl.int64)
     t = tl.load(chunks + 2 * pid)
-    x_ptr = tl.load(table + ROW * t + PTR).to(tl.pointer_type(P))
-    return x_ptr, tl.load(chunks + 2 * pid + 1), tl.load(table + ROW * t + NUMEL)
+    address = tl.load(table + ROW * t + PTR)
+    start = tl.load(chunks + 2 * pid + 1)
+    n = tl.load(table + ROW * t + NUMEL)
+    whole = False
+    if ALIGNED:
+        whole = start + CHUNK <= n
+    return address.to(tl.pointer_type(P)), start, n, whole
 
 
 @triton.jit
-def norm_partials_kernel(table, chunks, partials, p, P: tl.constexpr, ACC: tl.constexpr, KIND: tl.constexpr,
-                         ROW: tl.constexpr, PTR: tl.constexpr, NUMEL: tl.constexpr, BLOCK: tl.constexpr,
-                         CHUNK: tl.constexpr):
+def _chunk_offsets(start, i, BLOCK: tl.constexpr):
+    return start + i + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def _whole_block(x_ptr, start, i, BLOCK: tl.constexpr):
+    """Pointers to elements [start + i, start + i + BLOCK) of a whole, aligned chunk, with the
+    contiguity and 16-byte alignment the compiler cannot see through the table's address."""
+    return tl.max_contiguous(tl.multiple_of(x_ptr + _chunk_offsets(start, i, BLOCK), 16), BLOCK)
+
+
+@triton.jit
+def _accumulate(acc, x, p, KIND: tl.constexpr, ACC: tl.constexpr):
+    a = tl.abs(x.to(ACC))
+    if KIND == 1:
+        acc += a
+    elif KIND == 2:
+        acc += a * a
+    elif KIND == 3:
+        acc = tl.where((a > acc) | (a != a), a, acc)
+    else:
+        acc += tl.where(a > 0, tl.exp2(p * tl.log2(tl.where(a > 0, a, 1.0))), 0.0)
+    return acc
+
+
+@triton.jit
+def norm_partials_kernel(table, chunks, partials, p: tl.float64, P: tl.constexpr, ACC: tl.constexpr,
+                         KIND: tl.constexpr, ROW: tl.constexpr, PTR: tl.constexpr, NUMEL: tl.constexpr,
+                         BLOCK: tl.constexpr, CHUNK: tl.constexpr, ALIGNED: tl.constexpr = False):
     """partials[pid] = sum |x|^p (max |x| for inf) over the chunk of program pid."""
-    x_ptr, start, n = _program_chunk(table, chunks, P, ROW, PTR, NUMEL)
+    x_ptr, start, n, whole = _program_chunk(table, chunks, P, ROW, PTR, NUMEL, CHUNK, ALIGNED)
+    p = scalar(p, ACC)
     pid = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([BLOCK], dtype=ACC)
-    for i in range(0, CHUNK, BLOCK):
-        offs = start + i + tl.arange(0, BLOCK)
-        a = tl.abs(tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(ACC))
-        if KIND == 1:
-            acc += a
-        elif KIND == 2:
-            acc += a * a
-        elif KIND == 3:
-            acc = tl.where((a > acc) | (a != a), a, acc)
-        else:
-            acc += tl.where(a > 0, tl.exp2(p * tl.log2(tl.where(a > 0, a, 1.0))), 0.0)
+    if whole:
+        for i in range(0, CHUNK, BLOCK):
+            acc = _accumulate(acc, tl.load(_whole_block(x_ptr, start, i, BLOCK)), p, KIND, ACC)
+    else:
+        for i in range(0, CHUNK, BLOCK):
+            offs = _chunk_offsets(start, i, BLOCK)
+            acc = _accumulate(acc, tl.load(x_ptr + offs, mask=offs < n, other=0.0), p, KIND, ACC)
     if KIND == 3:
         result = _max_keep_nan(acc)
     else:
@@ -116,28 +147,43 @@ def norm_finalize_kernel(partials, n, total_out, factor_out, scale_ptr, scalars,
 
 @triton.jit
 def scale_kernel(table, chunks, factor_ptr, P: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr,
-                 CHUNK: tl.constexpr):
-    x_ptr, start, n = _program_chunk(table, chunks, P, 2, 0, 1)
+                 CHUNK: tl.constexpr, ALIGNED: tl.constexpr = False):
+    x_ptr, start, n, whole = _program_chunk(table, chunks, P, 2, 0, 1, CHUNK, ALIGNED)
     factor = tl.load(factor_ptr).to(C)
-    for i in range(0, CHUNK, BLOCK):
-        offs = start + i + tl.arange(0, BLOCK)
-        mask = offs < n
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C)
-        tl.store(x_ptr + offs, to_storage(x * factor, P), mask=mask)
+    if whole:
+        for i in range(0, CHUNK, BLOCK):
+            ptrs = _whole_block(x_ptr, start, i, BLOCK)
+            tl.store(ptrs, to_storage(tl.load(ptrs).to(C) * factor, P))
+    else:
+        for i in range(0, CHUNK, BLOCK):
+            offs = _chunk_offsets(start, i, BLOCK)
+            mask = offs < n
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C)
+            tl.store(x_ptr + offs, to_storage(x * factor, P), mask=mask)
 
 
 @triton.jit
-def clamp_kernel(table, chunks, bounds, P: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    x_ptr, start, n = _program_chunk(table, chunks, P, 2, 0, 1)
+def clamp_kernel(table, chunks, bounds, P: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+                 ALIGNED: tl.constexpr = False):
+    x_ptr, start, n, whole = _program_chunk(table, chunks, P, 2, 0, 1, CHUNK, ALIGNED)
     low = tl.load(bounds).to(C)
     high = tl.load(bounds + 1).to(C)
-    for i in range(0, CHUNK, BLOCK):
-        offs = start + i + tl.arange(0, BLOCK)
-        mask = offs < n
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C)
-        x = tl.where(x < low, low, x)
-        x = tl.where(x > high, high, x)
-        tl.store(x_ptr + offs, to_storage(x, P), mask=mask)
+    if whole:
+        for i in range(0, CHUNK, BLOCK):
+            ptrs = _whole_block(x_ptr, start, i, BLOCK)
+            tl.store(ptrs, to_storage(_clamp(tl.load(ptrs).to(C), low, high), P))
+    else:
+        for i in range(0, CHUNK, BLOCK):
+            offs = _chunk_offsets(start, i, BLOCK)
+            mask = offs < n
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C)
+            tl.store(x_ptr + offs, to_storage(_clamp(x, low, high), P), mask=mask)
+
+
+@triton.jit
+def _clamp(x, low, high):
+    x = tl.where(x < low, low, x)
+    return tl.where(x > high, high, x)
 
 
 class TensorList:
@@ -153,6 +199,7 @@ class TensorList:
             rows.append((flat.data_ptr(), flat.numel()))
             numels.append(flat.numel())
         self.dtype = real(tensors[0]).dtype
+        self.aligned = all(address % VECTOR_BYTES == 0 for address, _ in rows)
         self.table = upload(torch.tensor(rows, dtype=torch.int64).reshape(-1), self.device)
         self.chunks = _chunks.get(numels, self.device)
 
@@ -163,7 +210,7 @@ class TensorList:
     def launch(self, kernel, *args, **constants):
         if self.n_chunks:
             kernel[(self.n_chunks,)](self.table, self.chunks, *args, P=TL_DTYPES[self.dtype], BLOCK=BLOCK,
-                                     CHUNK=CHUNK, **constants)
+                                     CHUNK=CHUNK, ALIGNED=self.aligned, **constants)
 
     def finish(self):
         write_back(self.copies)
@@ -186,8 +233,9 @@ def optimizer_grad_partials(rows, dtype, device, norm_type):
     if chunks.shape[0]:
         norm_partials_kernel[(chunks.shape[0],)](
             upload(rows.reshape(-1), device), chunks, partials, float(norm_type), P=TL_DTYPES[dtype],
-            ACC=compute_dtype(dtype), KIND=norm_kind(norm_type), ROW=LaunchRow.WORDS, PTR=LaunchRow.GRAD, NUMEL=LaunchRow.NUMEL,
-            BLOCK=BLOCK, CHUNK=CHUNK,
+            ACC=compute_dtype(dtype), KIND=norm_kind(norm_type), ROW=LaunchRow.WORDS, PTR=LaunchRow.GRAD,
+            NUMEL=LaunchRow.NUMEL, BLOCK=BLOCK, CHUNK=CHUNK,
+            ALIGNED=bool((rows[:, LaunchRow.GRAD] % VECTOR_BYTES == 0).all()),
         )
     return partials
 

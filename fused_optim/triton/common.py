@@ -30,6 +30,22 @@ def to_storage(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def multiple_of(n, VEC: tl.constexpr):
+    """n, which the launcher has checked is a multiple of VEC, as an int64 whose divisibility the
+    compiler can see (tl.multiple_of takes tensors, not a scalar argument): with it, masks and
+    row offsets built from n keep whole 128-bit vectors together."""
+    return n.to(tl.int64) // VEC * VEC
+
+
+@triton.jit
+def scalar(x, DTYPE: tl.constexpr):
+    """A float argument as DTYPE, rounded once: on a GPU it arrives as float64 (the kernel
+    signature says so, where a Python float would be typed float32), under the interpreter as a
+    Python float, which float64 arithmetic keeps exact."""
+    return (tl.zeros([], tl.float64) + x).to(DTYPE)
+
+
+@triton.jit
 def sqrt_rn(x):
     """Square root rounded to nearest (fp32's tl.sqrt is approximate; fp64's is exact)."""
     if x.dtype == tl.float64:
@@ -57,6 +73,22 @@ def power(base, exponent):
         base = base * base
         exponent = exponent // 2
     return result
+
+
+# Bytes of the widest global load and store: the aligned kernel variants move this per access.
+VECTOR_BYTES = 16
+
+
+def vector_width(dtype):
+    """Elements of dtype in one 128-bit access."""
+    return VECTOR_BYTES // dtype.itemsize
+
+
+def is_aligned(tensors, sizes=(), vec=1):
+    """Whether every tensor's data starts on a 16-byte boundary and every size (a row stride, a
+    channel count) is a multiple of vec elements: what an aligned kernel variant assumes."""
+    return (all(t.data_ptr() % VECTOR_BYTES == 0 for t in tensors if t is not None)
+            and all(s % vec == 0 for s in sizes))
 
 
 def upload(table, device):

@@ -1,8 +1,9 @@
 """LayerNorm forward and backward over contiguous rows (M, N).
 
-Forward: a row that fits in MAX_TILE_COLUMNS is held in registers, several short rows per
-program; a longer row is looped over in LOOP_COLUMNS chunks whose moments are merged with Chan's
-formula, then normalized in a second loop. No row is too long, and no column is skipped.
+Forward: a row that fits in MAX_TILE_COLUMNS (backward: BACKWARD_MAX_TILE_BYTES) is held in
+registers, several short rows per program; a longer row is looped over in LOOP_COLUMNS chunks
+whose moments are merged with Chan's formula, then normalized in a second loop. No row is too
+long, and no column is skipped.
 
 Backward: each of a fixed number of programs takes a contiguous run of rows, writes their dx,
 and sums dy * xhat and dy over its rows into its own row of a float32 partials buffer; a second
@@ -16,10 +17,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import TL_DTYPES, div_rn, sqrt_rn, to_storage
+from .common import TL_DTYPES, div_rn, is_aligned, multiple_of, scalar, sqrt_rn, to_storage, vector_width
 
 # The widest row held in registers by one program; wider rows are looped over.
 MAX_TILE_COLUMNS = 8192
+# The backward's single tile holds more per column (x-hat, the weighted dy, two running sums):
+# wider than this many bytes of compute dtype per row, ptxas spills at the warps the tile gets.
+BACKWARD_MAX_TILE_BYTES = 4096 * 4
+# Warps of the backward's loop over a wide row: 8 values of each of its LOOP_COLUMNS-wide arrays per
+# thread, which stay in registers.
+BACKWARD_LOOP_WARPS = 8
 # Columns per iteration of the loop over a wide row.
 LOOP_COLUMNS = 2048
 # Elements per program tile: short rows are grouped up to this many elements per program.
@@ -33,9 +40,14 @@ BACKWARD_MIN_ROWS = 32
 
 
 @triton.jit(do_not_specialize=["M", "N"])
-def layer_norm_forward_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, M, N, eps,
+def layer_norm_forward_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, M, N, eps: tl.float64,
                               HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr,
-                              BLOCK: tl.constexpr, SINGLE_TILE: tl.constexpr, C: tl.constexpr, Y: tl.constexpr):
+                              BLOCK: tl.constexpr, SINGLE_TILE: tl.constexpr, C: tl.constexpr, Y: tl.constexpr,
+                              ALIGNED: tl.constexpr = False):
+    """ALIGNED: every pointer is 16-byte aligned and N a multiple of a 128-bit vector of Y."""
+    if ALIGNED:
+        N = multiple_of(N, 128 // Y.primitive_bitwidth)
+    eps = scalar(eps, C)
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < M
     n = N.to(C)
@@ -92,8 +104,12 @@ def layer_norm_forward_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, M,
 def layer_norm_backward_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, partial_ptr, M, N, rows_per_program,
                                HAS_WEIGHT: tl.constexpr, NEED_DX: tl.constexpr, NEED_PARTIALS: tl.constexpr,
                                ROWS: tl.constexpr, BLOCK: tl.constexpr, SINGLE_TILE: tl.constexpr, C: tl.constexpr,
-                               X: tl.constexpr):
-    """dx of rows [pid * rows_per_program, ...) and, in partial_ptr[pid] (2, N), their sums of dy * xhat and dy."""
+                               X: tl.constexpr, ALIGNED: tl.constexpr = False):
+    """dx of rows [pid * rows_per_program, ...) and, in partial_ptr[pid] (2, N), their sums of dy * xhat and dy.
+
+    ALIGNED: every pointer is 16-byte aligned and N a multiple of a 128-bit vector of X."""
+    if ALIGNED:
+        N = multiple_of(N, 128 // X.primitive_bitwidth)
     pid = tl.program_id(0).to(tl.int64)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
@@ -103,8 +119,6 @@ def layer_norm_backward_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr,
     if SINGLE_TILE:
         cols = tl.arange(0, BLOCK)
         col_mask = cols < N
-        if HAS_WEIGHT:
-            w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(C)
         dw_sum = tl.zeros([BLOCK], C)
         db_sum = tl.zeros([BLOCK], C)
         for first in range(row_start, row_end, ROWS):
@@ -117,17 +131,20 @@ def layer_norm_backward_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr,
             mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
             rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
             xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+            # The partial sums first, so dy is dead before dx's row reductions: fewer live
+            # registers, no spill at the widest tile.
+            if NEED_PARTIALS:
+                dw_sum += tl.sum(dy * xhat, axis=0)
+                db_sum += tl.sum(dy, axis=0)
             if NEED_DX:
                 g = dy
                 if HAS_WEIGHT:
-                    g = dy * w[None, :]
+                    # Read per tile (from cache) rather than held across the loop, for the same reason.
+                    g = dy * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(C)[None, :]
                 mean_g = div_rn(tl.sum(g, axis=1), n + tl.zeros([ROWS], C))
                 mean_g_xhat = div_rn(tl.sum(g * xhat, axis=1), n + tl.zeros([ROWS], C))
                 dx = rstd[:, None] * (g - mean_g[:, None] - xhat * mean_g_xhat[:, None])
                 tl.store(dx_ptr + offsets, to_storage(dx, X), mask=mask)
-            if NEED_PARTIALS:
-                dw_sum += tl.sum(dy * xhat, axis=0)
-                db_sum += tl.sum(dy, axis=0)
         if NEED_PARTIALS:
             tl.store(dw_partial + cols, dw_sum, mask=col_mask)
             tl.store(db_partial + cols, db_sum, mask=col_mask)
@@ -170,14 +187,19 @@ def layer_norm_backward_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr,
 
 
 @triton.jit(do_not_specialize=["programs", "N"])
-def column_sums_kernel(partial_ptr, out_ptr, programs, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out[j, :] = sum over p of partial[p, j, :], for j = program_id(1): the programs' partials added in order."""
+def column_sums_kernel(partial_ptr, out_ptr, programs, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                       ALIGNED: tl.constexpr = False):
+    """out[j, :] = sum over p of partial[p, j, :], for j = program_id(1): the programs' partials added in order.
+
+    ALIGNED: both pointers are 16-byte aligned and N a multiple of a 128-bit vector."""
+    if ALIGNED:
+        N = multiple_of(N, 128 // partial_ptr.dtype.element_ty.primitive_bitwidth)
     cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < N
     which = tl.program_id(1).to(tl.int64)
     acc = tl.zeros([BLOCK_P, BLOCK_N], partial_ptr.dtype.element_ty)
     for first in range(0, programs, BLOCK_P):
-        p = first + tl.arange(0, BLOCK_P)
+        p = first + tl.arange(0, BLOCK_P).to(tl.int64)
         mask = (p < programs)[:, None] & col_mask[None, :]
         acc += tl.load(partial_ptr + (p[:, None] * 2 + which) * N + cols[None, :], mask=mask, other=0.0)
     tl.store(out_ptr + which * N + cols, tl.sum(acc, axis=0), mask=col_mask)
@@ -187,9 +209,9 @@ def _compute(dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def _tiling(n):
+def _tiling(n, max_columns):
     """(single_tile, block, rows per tile) for rows of n elements."""
-    if n <= MAX_TILE_COLUMNS:
+    if n <= max_columns:
         block = max(16, triton.next_power_of_2(n))
         return True, block, max(1, min(64, TILE_ELEMENTS // block))
     return False, LOOP_COLUMNS, 1
@@ -211,11 +233,12 @@ def layer_norm_forward(x, weight, bias, eps):
     y = torch.empty_like(x)
     mean = torch.empty(m, dtype=compute, device=x.device)
     rstd = torch.empty(m, dtype=compute, device=x.device)
-    single, block, rows = _tiling(n)
+    single, block, rows = _tiling(n, MAX_TILE_COLUMNS)
     layer_norm_forward_kernel[(triton.cdiv(m, rows),)](
         x, y, _dummy(x, weight), _dummy(x, bias), mean, rstd, m, n, eps,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ROWS=rows, BLOCK=block, SINGLE_TILE=single,
-        C=tl_compute, Y=TL_DTYPES[x.dtype], num_warps=_warps(rows * block),
+        C=tl_compute, Y=TL_DTYPES[x.dtype], ALIGNED=is_aligned([x, y, weight, bias], [n], vector_width(x.dtype)),
+        num_warps=_warps(rows * block),
     )
     return y, mean, rstd
 
@@ -236,7 +259,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd, need_dx, need_dweight, need_d
     dx = torch.empty_like(x) if need_dx else None
     if not (need_dx or need_partials):
         return None, None, None
-    single, block, rows = _tiling(n)
+    single, block, rows = _tiling(n, min(MAX_TILE_COLUMNS, BACKWARD_MAX_TILE_BYTES // compute.itemsize))
     programs = _backward_programs(m, rows, x.device)
     # Whole tiles of rows per program, so only a program's last tile is partly masked.
     rows_per_program = triton.cdiv(triton.cdiv(m, programs), rows) * rows
@@ -247,11 +270,15 @@ def layer_norm_backward(dy, x, weight, mean, rstd, need_dx, need_dweight, need_d
     layer_norm_backward_kernel[(programs,)](
         dy, x, _dummy(x, weight), mean, rstd, _dummy(x, dx), partials, m, n, rows_per_program,
         HAS_WEIGHT=weight is not None, NEED_DX=need_dx, NEED_PARTIALS=need_partials, ROWS=rows, BLOCK=block,
-        SINGLE_TILE=single, C=tl_compute, X=TL_DTYPES[x.dtype], num_warps=_warps(rows * block),
+        SINGLE_TILE=single, C=tl_compute, X=TL_DTYPES[x.dtype],
+        ALIGNED=is_aligned([dy, x, weight, dx, partials], [n], vector_width(x.dtype)),
+        num_warps=_warps(rows * block) if single else BACKWARD_LOOP_WARPS,
     )
     if not need_partials:
         return dx, None, None
     sums = torch.empty((2, n), dtype=compute, device=x.device)
-    block_n = 256
-    column_sums_kernel[(triton.cdiv(n, block_n), 2)](partials, sums, programs, n, BLOCK_P=16, BLOCK_N=block_n)
+    # 512 columns over 4 warps: 4 per thread, one 128-bit store of float32 sums.
+    block_n = 512
+    column_sums_kernel[(triton.cdiv(n, block_n), 2)](partials, sums, programs, n, BLOCK_P=8, BLOCK_N=block_n,
+                                                      ALIGNED=is_aligned([partials, sums], [n], vector_width(compute)))
     return dx, sums[0] if need_dweight else None, sums[1] if need_dbias else None
