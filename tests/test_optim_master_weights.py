@@ -192,6 +192,17 @@ def test_bad_options_raise_before_anything_changes():
     assert torch.equal(p16, torch.ones_like(p16)) and not opt.state
 
 
+def test_sparse_gradients_with_master_weights_raise_before_anything_changes():
+    dense = torch.ones(4, dtype=torch.bfloat16, requires_grad=True)
+    table = torch.ones(5, 2, dtype=torch.bfloat16, requires_grad=True)
+    opt = fo.SGD([dense, table], lr=0.1, master_weights="kahan")
+    dense.grad = torch.ones_like(dense)
+    table.grad = torch.sparse_coo_tensor([[1]], torch.ones(1, 2, dtype=torch.bfloat16), (5, 2))
+    with pytest.raises(RuntimeError, match="dense gradients only"):
+        opt.step()
+    assert torch.equal(dense, torch.ones_like(dense)) and torch.equal(table, torch.ones_like(table))
+
+
 @pytest.mark.parametrize("master", ["fp32", "kahan", "stochastic"])
 def test_state_dict_round_trip_and_torch_interchange(master):
     """The extra keys save and load (a resumed run continues bit for bit); torch.optim's state

@@ -367,6 +367,9 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
                     if stale:
                         break
                     if plan.sparse:
+                        if group.get("master_weights") is not None or group.get("state_dtype") == torch.bfloat16:
+                            raise RuntimeError(f"{self._display_name}: master_weights and state_dtype=torch.bfloat16 "
+                                               f"take dense gradients only")
                         if self.spec.check_sparse is not None:
                             self.spec.check_sparse(group)
                         elif not self.spec.sparse:
