@@ -166,6 +166,8 @@ class MultiTensorOptimizer(torch.optim.Optimizer):
             keys = self.spec.keys(group)
             for key, dtype in zip(keys, state_dtypes(p.dtype, keys, group.get("state_dtype"))):
                 value = saved.get(key)
+                if dtype == p.dtype:
+                    continue  # torch's load cast it to the parameter's dtype already
                 if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
                     state[key] = value.to(dtype=dtype, device=p.device)
         self._plans = None
