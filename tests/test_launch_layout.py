@@ -69,4 +69,4 @@ def test_every_optimizer_has_a_kernel_on_every_backend():
         name = cls.spec.name
         assert name in ext.OPTIMIZER_KERNELS
         assert callable(getattr(reference, name))
-        assert importlib.import_module(f"fused_optim.triton.{name}").KERNEL is not None
+        assert importlib.import_module(f"fused_optim.triton.{name}").__dict__[f"{name}_kernel"] is not None

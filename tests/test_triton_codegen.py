@@ -1,8 +1,8 @@
 """What the Triton kernels compile to on a GPU, checked on a machine without one.
 
-Each row of _launches() runs a real launcher (LayerNorm, BatchNorm, clipping) on CPU tensors with its
-kernels replaced by recorders, so every kernel launch it would make on a GPU is captured with the
-exact arguments, constexprs and num_warps the launcher chose. Each captured launch is bound the way
+Each row of _launches() runs a real launcher (LayerNorm, BatchNorm, clipping, an optimizer's step) on
+CPU tensors with its kernels replaced by recorders, so every kernel launch it would make on a GPU is
+captured with the exact arguments, constexprs and num_warps the launcher chose. Each captured launch is bound the way
 Triton's JIT binds it on a GPU (argument types, 16-byte pointer alignment, integer divisibility),
 compiled ahead of time with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90 or 80, 32))``
 (Triton ships ptxas), and checked:
@@ -50,6 +50,9 @@ class KernelSpec:
     streamed: tuple
     masked_tail: bool = False
     fp64_spills: str = None
+    #: 32-bit scalar loads through the table that are not a stream: an optimizer's per-tensor
+    #: counter (step count or first-step flag), read once per program before the loop
+    counter_loads: int = 0
 
 
 # channels_last float64 on sm_80 (at 4 warps, 16 doubles per thread per array): ptxas allots 64 to 128
@@ -57,7 +60,7 @@ class KernelSpec:
 SM80_FP64_TILE = "sm_80 spills 8 bytes of the float64 channels_last tile"
 
 # The fused_optim.triton modules whose kernels (names ending in _kernel) are recorded.
-MODULES = ("layer_norm", "batch_norm", "clip")
+MODULES = ("layer_norm", "batch_norm", "clip", "optim", "adam", "sgd", "rmsprop", "adagrad")
 
 # Every kernel the checks know, by module and name. A kernel launched but missing here fails.
 KERNELS = {
@@ -74,6 +77,21 @@ KERNELS = {
     "clip.norm_finalize_kernel": KernelSpec(()),
     "clip.scale_kernel": KernelSpec(("*table",), masked_tail=True),
     "clip.clamp_kernel": KernelSpec(("*table",), masked_tail=True),
+    # the optimizers: one launch over whole chunks of aligned tensors (ALIGNED), one over the rest
+    "adam.adam_kernel": KernelSpec(("*table",), counter_loads=1),
+    "sgd.sgd_kernel": KernelSpec(("*table",), counter_loads=1),
+    "rmsprop.rmsprop_kernel": KernelSpec(("*table",)),
+    "adagrad.adagrad_kernel": KernelSpec(("*table",), counter_loads=1),
+    "optim.advance_counters_kernel": KernelSpec(()),
+}
+
+# The optimizer configurations compiled: every kernel flag on in one of them.
+OPTIMIZERS = {
+    "adam": ("Adam", dict(amsgrad=True, weight_decay=0.1)),
+    "adamw": ("AdamW", dict(weight_decay=0.1)),
+    "sgd": ("SGD", dict(momentum=0.9, nesterov=True, weight_decay=0.1)),
+    "rmsprop": ("RMSprop", dict(momentum=0.9, centered=True, weight_decay=0.1)),
+    "adagrad": ("Adagrad", dict(lr_decay=0.1, weight_decay=0.1)),
 }
 
 
@@ -124,6 +142,28 @@ def _clip(sizes, dtype, op, offset=0):
     return launch
 
 
+def _optimizer(name, dtype, offset=0):
+    """One step of the optimizer with max_grad_norm (so the gradient norm's launch is recorded too)
+    on a 3.5-chunk tensor, a one-chunk tensor and a 7-element tensor."""
+    import torch
+    import fused_optim
+    from fused_optim import _backend
+    cls, kwargs = OPTIMIZERS[name]
+    params = [torch.nn.Parameter(torch.randn(n + offset, dtype=dtype)[offset:]) for n in (4096 * 3 + 100, 4096, 7)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = getattr(fused_optim, cls)(params, lr=1e-3, backend="triton", max_grad_norm=1.0, **kwargs)
+
+    def step():
+        # the kernels are recorded, not run: CPU tensors may take the Triton path here
+        resolve, _backend.resolve = _backend.resolve, lambda name, device: "triton"
+        try:
+            opt.step()
+        finally:
+            _backend.resolve = resolve
+    return step
+
+
 def _launches():
     """(id, in the default subset, launch factory) for every launcher configuration checked."""
     import torch
@@ -148,6 +188,11 @@ def _launches():
             rows.append((f"clip-{op}-{name}", name != "fp64" or op == "norm",
                          lambda d=dtype, op=op: _clip([8192 * 3 + 100, 4096, 7], d, op)))
         rows.append((f"clip-norm-offset1-{name}", name == "bf16", lambda d=dtype: _clip([1000], d, "norm", offset=1)))
+        for opt in OPTIMIZERS:
+            quick = (opt, name) in {("adam", "fp32"), ("adam", "bf16"), ("rmsprop", "fp32"), ("sgd", "fp16"),
+                                    ("adagrad", "bf16")}
+            rows.append((f"optim-{opt}-{name}", quick, lambda o=opt, d=dtype: _optimizer(o, d)))
+        rows.append((f"optim-adam-offset1-{name}", name == "fp32", lambda d=dtype: _optimizer("adam", d, offset=1)))
     return rows
 
 
@@ -371,6 +416,9 @@ def test_aligned_variants_move_128_bits(compiled):
         if "st" in kinds and not any(bits == 128 for kind, bits, _ in accesses if kind == "st"):
             bad.append(f"{_describe(r)}: no 128-bit store of a streamed tensor")
         narrow = [a for a in accesses if a[1] != 128 and not (spec.masked_tail and a[2])]
+        for _ in range(spec.counter_loads):
+            if ("ld", 32, False) in narrow:
+                narrow.remove(("ld", 32, False))
         if narrow:
             bad.append(f"{_describe(r)}: {len(narrow)} narrower accesses, e.g. {narrow[:3]}")
     assert not bad, "\n".join(bad)

@@ -14,7 +14,7 @@ plan is built, so ``update`` takes only the values folded from the group this st
 ``grad_factor`` and ``found_inf`` are 0-dim tensors or None (unscale and clip; AMP's skip).
 
 - ``cpp``: the C++ plan does everything, with no per-tensor work in Python.
-- ``triton``: one launch of the optimizer's kernel (fused_optim/triton/<name>.py) over launch rows
+- ``triton``: one launch of the optimizer's kernel (``<name>_kernel`` in fused_optim/triton/<name>.py) over rows
   that the C++ plan writes (metadata only, so it serves CUDA tensors too).
 - ``reference``: the reference math (fused_optim/reference/optim.py), one tensor at a time.
 
@@ -171,7 +171,7 @@ class TritonPlan(_Plan):
         from ..triton import optim as triton_optim
 
         self._launcher = triton_optim
-        self._kernel = importlib.import_module(f"..triton.{spec.name}", __package__).KERNEL
+        self._kernels = importlib.import_module(f"..triton.{spec.name}", __package__)
         self.first = torch.zeros(len(params), dtype=torch.float32, device=self.device)
         self.counters = steps if steps is not None else self.first
         self._rows = None
@@ -194,7 +194,7 @@ class TritonPlan(_Plan):
 
     def _update_dense(self, scalars, flags, grad_factor, found_inf):
         self._launcher.launch(
-            self._kernel, self._launch_rows(), self.dtype, self.device, scalars,
+            getattr(self._kernels, f"{self.spec.name}_kernel"), self._launch_rows(), self.dtype, self.device, scalars,
             {name.upper(): int(value) for name, value in zip(self.spec.flags, flags)}, grad_factor, found_inf,
             advance=self.spec.counter,
         )

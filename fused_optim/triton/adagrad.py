@@ -14,8 +14,9 @@ KEY = 5  # the rounding key's place among the spec's scalars
 @triton.jit
 def adagrad_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
                    HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+                FULL: tl.constexpr, ALIGNED: tl.constexpr,
                    L2: tl.constexpr, MASTER: tl.constexpr, STATE_BF16: tl.constexpr):
-    row, start = program_chunk(table, chunks)
+    row, start = program_chunk(table, chunks, CHUNK)
     lr = header_scalar(table, 0)
     lr_decay = header_scalar(table, 1)
     # the step count before this update is step - 1
@@ -24,12 +25,12 @@ def adagrad_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
     eps = header_scalar(table, 2).to(C)
     weight_decay = header_scalar(table, 3).to(C)
     sign = header_scalar(table, 4).to(C)
-    p_ptr = row_param(row, P)
-    g_ptr = row_grad(row, P)
-    sum_ptr = row_state(row, 0, S)
-    x_ptr = row_master(row, 1, MASTER, P)
+    p_ptr = row_param(row, P, ALIGNED)
+    g_ptr = row_grad(row, P, ALIGNED)
+    sum_ptr = row_state(row, 0, S, ALIGNED)
+    x_ptr = row_master(row, 1, MASTER, P, ALIGNED)
     factor = grad_factor(factor_ptr, C, HAS_FACTOR)
-    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF)
+    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF, CHUNK, FULL)
 
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -43,5 +44,3 @@ def adagrad_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
         param = param + div_rn(neg_clr * grad, sqrt_rn(total) + eps)
         store_param(p_ptr, x_ptr, offs, mask, param, table, row, KEY, P, MASTER)
 
-
-KERNEL = adagrad_kernel

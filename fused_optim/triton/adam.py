@@ -13,17 +13,18 @@ KEY = 7  # the rounding key's place among the spec's scalars
 @triton.jit
 def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
                 HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+                FULL: tl.constexpr, ALIGNED: tl.constexpr,
                 AMSGRAD: tl.constexpr, L2_ON: tl.constexpr, LERP_FROM_START: tl.constexpr, MASTER: tl.constexpr,
                 STATE_BF16: tl.constexpr):
-    row, start = program_chunk(table, chunks)
+    row, start = program_chunk(table, chunks, CHUNK)
     lr = header_scalar(table, 0)
     beta1 = header_scalar(table, 1)
     beta2 = header_scalar(table, 2)
-    p_ptr = row_param(row, P)
-    g_ptr = row_grad(row, P)
-    m_ptr = row_state(row, 0, S)
-    v_ptr = row_state(row, 1, S)
-    x_ptr = row_master(row, 2 + AMSGRAD, MASTER, P)
+    p_ptr = row_param(row, P, ALIGNED)
+    g_ptr = row_grad(row, P, ALIGNED)
+    m_ptr = row_state(row, 0, S, ALIGNED)
+    v_ptr = row_state(row, 1, S, ALIGNED)
+    x_ptr = row_master(row, 2 + AMSGRAD, MASTER, P, ALIGNED)
     step = row_counter(row).to(tl.int64) + 1
 
     neg_step_size = (-(lr / (1.0 - power(beta1, step)))).to(C)
@@ -37,7 +38,7 @@ def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl
     decay = header_scalar(table, 5).to(C)
     sign = header_scalar(table, 6).to(C)
     factor = grad_factor(factor_ptr, C, HAS_FACTOR)
-    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF)
+    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF, CHUNK, FULL)
 
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -56,7 +57,7 @@ def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl
         v = v + (one_minus_beta2 * grad) * grad
         v_used = v
         if AMSGRAD:
-            vmax_ptr = row_state(row, 2, S)
+            vmax_ptr = row_state(row, 2, S, ALIGNED)
             v_max = tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(C)
             v_used = tl.where((v > v_max) | (v != v), v, v_max)
             store_state(vmax_ptr, offs, mask, v_used, table, row, KEY, 2, S, MASTER)
@@ -66,5 +67,3 @@ def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl
         store_state(v_ptr, offs, mask, v, table, row, KEY, 1, S, MASTER)
         store_param(p_ptr, x_ptr, offs, mask, param, table, row, KEY, P, MASTER)
 
-
-KERNEL = adam_kernel

@@ -113,13 +113,31 @@ class ChunkTable:
         self.chunk = chunk
         self._cache = {}
 
+    def get_split(self, numels, aligned, device):
+        """(whole chunks of the tensors marked aligned, all other chunks): the two tables of a
+        launch with a vectorized, unmasked path."""
+        key = ("split", tuple(numels), tuple(aligned), str(device))
+        tables = self._cache.get(key)
+        if tables is None:
+            full, rest = [], []
+            for t, (n, ok) in enumerate(zip(numels, aligned)):
+                for start in range(0, n, self.chunk):
+                    (full if ok and start + self.chunk <= n else rest).append((t, start))
+            tables = tuple(upload(torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2), torch.device(device))
+                           for pairs in (full, rest))
+            self._remember(key, tables)
+        return tables
+
+    def _remember(self, key, value):
+        if len(self._cache) > 64:
+            self._cache.clear()
+        self._cache[key] = value
+
     def get(self, numels, device):
         key = (tuple(numels), str(device))
         table = self._cache.get(key)
         if table is None:
             pairs = [(t, start) for t, n in enumerate(numels) for start in range(0, n, self.chunk)]
             table = upload(torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2), torch.device(device))
-            if len(self._cache) > 64:
-                self._cache.clear()
-            self._cache[key] = table
+            self._remember(key, table)
         return table

@@ -1,6 +1,6 @@
 """The shared Triton launcher of the multi-tensor optimizers: every tensor of a (param group,
 device, dtype) in one launch. Each optimizer contributes only its kernel body
-(fused_optim/triton/<name>.py, exported as ``KERNEL``), written with the helpers below.
+(``<name>_kernel`` in fused_optim/triton/<name>.py), written with the helpers below.
 
 The launcher packs one int64 table per step: HEADER words of the group's kernel scalars (float64
 bits, so the bias corrections see the exact float64 betas), then the plan's launch rows
@@ -28,6 +28,11 @@ from .common import TL_DTYPES, ChunkTable, float64_bits, to_storage, upload
 
 BLOCK = 1024
 CHUNK = 4 * BLOCK
+# Warps per program: each thread then holds 128 bits of every 16-bit stream (4 warps: 8 elements per
+# thread and iteration) or of every 32/64-bit stream (8 warps: 4 elements); at 4 warps the widest
+# float32/float64 kernels (centered RMSprop with momentum, float64 SGD) spill registers.
+def num_warps(param_dtype):
+    return 4 if param_dtype in (torch.float16, torch.bfloat16) else 8
 HEADER = MAX_KERNEL_SCALARS
 
 # The launch-row layout as constexprs (one definition: fused_optim._layout.LaunchRow).
@@ -47,11 +52,12 @@ _chunks = ChunkTable(CHUNK)
 
 
 @triton.jit
-def program_chunk(table, chunks):
-    """(row, start): this program's tensor row in the table and the first element of its chunk."""
+def program_chunk(table, chunks, CHUNK: tl.constexpr):
+    """(row, start): this program's tensor row in the table and the first element of its chunk
+    (a multiple of CHUNK: chunks start at whole multiples within each tensor)."""
     pid = tl.program_id(0).to(tl.int64)
     t = tl.load(chunks + 2 * pid)
-    start = tl.load(chunks + 2 * pid + 1)
+    start = tl.multiple_of(tl.load(chunks + 2 * pid + 1), CHUNK)
     return table + TABLE_HEADER + ROW_WORDS * t, start
 
 
@@ -62,18 +68,26 @@ def header_scalar(table, index):
 
 
 @triton.jit
-def row_param(row, DTYPE: tl.constexpr):
-    return tl.load(row + ROW_PARAM).to(tl.pointer_type(DTYPE))
+def _row_pointer(row, word, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    ptr = tl.load(row + word).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)  # the launcher checked every address of these rows
+    return ptr
 
 
 @triton.jit
-def row_grad(row, DTYPE: tl.constexpr):
-    return tl.load(row + ROW_GRAD).to(tl.pointer_type(DTYPE))
+def row_param(row, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    return _row_pointer(row, ROW_PARAM, DTYPE, ALIGNED)
 
 
 @triton.jit
-def row_state(row, k, DTYPE: tl.constexpr):
-    return tl.load(row + ROW_STATE + k).to(tl.pointer_type(DTYPE))
+def row_grad(row, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    return _row_pointer(row, ROW_GRAD, DTYPE, ALIGNED)
+
+
+@triton.jit
+def row_state(row, k: tl.constexpr, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    return _row_pointer(row, ROW_STATE + k, DTYPE, ALIGNED)
 
 
 @triton.jit
@@ -134,12 +148,12 @@ def stochastic_storage(x, r, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def row_master(row, k, MASTER: tl.constexpr, P: tl.constexpr):
+def row_master(row, k: tl.constexpr, MASTER: tl.constexpr, P: tl.constexpr, ALIGNED: tl.constexpr):
     """The master-weight state (state ``k``): float32 for MASTER 1, the parameter dtype for 2."""
     if MASTER == 1:
-        return row_state(row, k, tl.float32)
+        return row_state(row, k, tl.float32, ALIGNED)
     else:
-        return row_state(row, k, P)
+        return row_state(row, k, P, ALIGNED)
 
 
 @triton.jit
@@ -189,9 +203,16 @@ def grad_factor(factor_ptr, C: tl.constexpr, HAS_FACTOR: tl.constexpr):
 
 
 @triton.jit
-def chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF: tl.constexpr):
-    """The end of the elements this program updates: none at all when AMP found inf/NaN."""
-    end = tl.load(row + ROW_NUMEL)
+def chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF: tl.constexpr, CHUNK: tl.constexpr, FULL: tl.constexpr):
+    """The end of the elements this program updates: none at all when AMP found inf/NaN.
+
+    FULL: the launcher gave this launch only whole chunks, so the end is start + CHUNK, a
+    multiple of CHUNK the compiler can see: the masks are then constant over whole vectors and
+    the loads and stores of aligned rows are 128 bits wide."""
+    if FULL:
+        end = start + CHUNK
+    else:
+        end = tl.load(row + ROW_NUMEL)
     if HAS_FOUND_INF:
         end = tl.where(tl.load(found_inf_ptr) != 0, start, end)
     return end
@@ -219,31 +240,41 @@ def launch_table(scalars, rows, device):
     return upload(torch.cat([header, rows.reshape(-1)]), device)
 
 
-def chunks_for(rows, device):
-    """The cached (tensor, start) chunk table for the rows' element counts."""
-    return _chunks.get(rows[:, LaunchRow.NUMEL].tolist(), device)
+def _aligned_rows(rows):
+    """Per row: every address in it (parameter, gradient, state) is a multiple of 16 bytes."""
+    addresses = rows[:, LaunchRow.PARAM:LaunchRow.STATE + LaunchRow.MAX_STATE]
+    return (addresses % 16 == 0).all(dim=1)
+
+
+def chunk_tables(rows, device):
+    """(whole chunks of aligned rows, every other chunk): cached (tensor, start) tables for the
+    vectorized and the general launch."""
+    aligned = _aligned_rows(rows).tolist()
+    return _chunks.get_split(rows[:, LaunchRow.NUMEL].tolist(), aligned, device)
 
 
 def launch(kernel, rows, param_dtype, device, scalars, flags, grad_factor=None, found_inf=None, advance=None):
     """Run ``kernel`` over a plan's launch rows. ``flags``: the spec's flags as constexpr keyword
     arguments; ``grad_factor`` (float64) and ``found_inf``: 0-dim device tensors or None;
-    ``advance``: "step" (counters += 1 afterwards), "first" (cleared) or None."""
+    ``advance``: "step" (counters += 1 afterwards), "first" (cleared) or None.
+
+    Two launches of one kernel: whole chunks of 16-byte-aligned tensors (FULL and ALIGNED: no
+    mask, 128-bit accesses), then the rest (tails, unaligned views) masked."""
     if rows.shape[0] == 0:
         return
     table = launch_table(scalars, rows, device)
-    chunks = chunks_for(rows, device)
-    if chunks.shape[0] > 0:
-        kernel[(chunks.shape[0],)](
-            table, chunks, grad_factor if grad_factor is not None else table,
-            found_inf if found_inf is not None else table, P=TL_DTYPES[param_dtype],
-            S=TL_DTYPES[state_dtype(param_dtype, torch.bfloat16 if flags.get("STATE_BF16") else None)],
-            C=tl.float64 if param_dtype == torch.float64 else tl.float32,
-            HAS_FACTOR=grad_factor is not None, HAS_FOUND_INF=found_inf is not None, BLOCK=BLOCK, CHUNK=CHUNK,
-            **flags,
-        )
+    state = state_dtype(param_dtype, torch.bfloat16 if flags.get("STATE_BF16") else None)
+    constants = dict(P=TL_DTYPES[param_dtype], S=TL_DTYPES[state],
+                     C=tl.float64 if param_dtype == torch.float64 else tl.float32, HAS_FACTOR=grad_factor is not None,
+                     HAS_FOUND_INF=found_inf is not None, BLOCK=BLOCK, CHUNK=CHUNK, **flags)
+    factor = grad_factor if grad_factor is not None else table
+    skip = found_inf if found_inf is not None else table
+    for chunks, full in zip(chunk_tables(rows, device), (True, False)):
+        if chunks.shape[0] > 0:
+            kernel[(chunks.shape[0],)](table, chunks, factor, skip, FULL=full, ALIGNED=full,
+                                       num_warps=num_warps(param_dtype), **constants)
     if advance is not None:
-        advance_counters_kernel[(rows.shape[0],)](table, found_inf if found_inf is not None else table,
-                                                  ADD=advance == "step", HAS_FOUND_INF=found_inf is not None)
+        advance_counters_kernel[(rows.shape[0],)](table, skip, ADD=advance == "step", HAS_FOUND_INF=found_inf is not None)
 
 
 def grad_power_sum_partials(rows, dtype, device, norm_type):

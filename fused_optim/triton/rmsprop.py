@@ -14,9 +14,10 @@ KEY = 6  # the rounding key's place among the spec's scalars
 @triton.jit
 def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
                    HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+                FULL: tl.constexpr, ALIGNED: tl.constexpr,
                    CENTERED: tl.constexpr, MOMENTUM_ON: tl.constexpr, L2: tl.constexpr,
                    LERP_FROM_START: tl.constexpr, MASTER: tl.constexpr, STATE_BF16: tl.constexpr):
-    row, start = program_chunk(table, chunks)
+    row, start = program_chunk(table, chunks, CHUNK)
     neg_lr = (-header_scalar(table, 0)).to(C)
     alpha64 = header_scalar(table, 1)
     alpha = alpha64.to(C)
@@ -26,12 +27,12 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
     weight_decay = header_scalar(table, 3).to(C)
     momentum = header_scalar(table, 4).to(C)
     sign = header_scalar(table, 5).to(C)
-    p_ptr = row_param(row, P)
-    g_ptr = row_grad(row, P)
-    sq_ptr = row_state(row, 0, S)
-    x_ptr = row_master(row, 1 + MOMENTUM_ON + CENTERED, MASTER, P)
+    p_ptr = row_param(row, P, ALIGNED)
+    g_ptr = row_grad(row, P, ALIGNED)
+    sq_ptr = row_state(row, 0, S, ALIGNED)
+    x_ptr = row_master(row, 1 + MOMENTUM_ON + CENTERED, MASTER, P, ALIGNED)
     factor = grad_factor(factor_ptr, C, HAS_FACTOR)
-    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF)
+    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF, CHUNK, FULL)
 
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -43,7 +44,7 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
         sq = tl.load(sq_ptr + offs, mask=mask, other=0.0).to(C) * alpha + (one_minus_alpha * grad) * grad
         store_state(sq_ptr, offs, mask, sq, table, row, KEY, 0, S, MASTER)
         if CENTERED:
-            ga_ptr = row_state(row, 1 + MOMENTUM_ON, S)
+            ga_ptr = row_state(row, 1 + MOMENTUM_ON, S, ALIGNED)
             ga = tl.load(ga_ptr + offs, mask=mask, other=0.0).to(C)
             if LERP_FROM_START:
                 ga = ga + one_minus_alpha * (grad - ga)
@@ -55,7 +56,7 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
             avg = sqrt_rn(sq)
         avg = avg + eps
         if MOMENTUM_ON:
-            buf_ptr = row_state(row, 1, S)
+            buf_ptr = row_state(row, 1, S, ALIGNED)
             buf = tl.load(buf_ptr + offs, mask=mask, other=0.0).to(C) * momentum + div_rn(grad, avg)
             store_state(buf_ptr, offs, mask, buf, table, row, KEY, 1, S, MASTER)
             param = param + neg_lr * buf
@@ -63,5 +64,3 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
             param = param + div_rn(neg_lr * grad, avg)
         store_param(p_ptr, x_ptr, offs, mask, param, table, row, KEY, P, MASTER)
 
-
-KERNEL = rmsprop_kernel

@@ -13,19 +13,20 @@ KEY = 5  # the rounding key's place among the spec's scalars
 @triton.jit
 def sgd_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
                HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+                FULL: tl.constexpr, ALIGNED: tl.constexpr,
                MOMENTUM_ON: tl.constexpr, L2: tl.constexpr, NESTEROV: tl.constexpr, MASTER: tl.constexpr,
                STATE_BF16: tl.constexpr):
-    row, start = program_chunk(table, chunks)
+    row, start = program_chunk(table, chunks, CHUNK)
     neg_lr = (-header_scalar(table, 0)).to(C)
     momentum = header_scalar(table, 1).to(C)
     one_minus_dampening = (1.0 - header_scalar(table, 2)).to(C)
     weight_decay = header_scalar(table, 3).to(C)
     sign = header_scalar(table, 4).to(C)
-    p_ptr = row_param(row, P)
-    g_ptr = row_grad(row, P)
-    x_ptr = row_master(row, MOMENTUM_ON, MASTER, P)
+    p_ptr = row_param(row, P, ALIGNED)
+    g_ptr = row_grad(row, P, ALIGNED)
+    x_ptr = row_master(row, MOMENTUM_ON, MASTER, P, ALIGNED)
     factor = grad_factor(factor_ptr, C, HAS_FACTOR)
-    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF)
+    end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF, CHUNK, FULL)
 
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -35,7 +36,7 @@ def sgd_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.
         if L2:
             grad = grad + weight_decay * param
         if MOMENTUM_ON:
-            buf_ptr = row_state(row, 0, S)
+            buf_ptr = row_state(row, 0, S, ALIGNED)
             first = row_counter(row) != 0
             old = tl.load(buf_ptr + offs, mask=mask & (not first), other=0.0).to(C)
             buf = tl.where(first, grad, old * momentum + one_minus_dampening * grad)
@@ -46,5 +47,3 @@ def sgd_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.
                 grad = buf
         store_param(p_ptr, x_ptr, offs, mask, param + neg_lr * grad, table, row, KEY, P, MASTER)
 
-
-KERNEL = sgd_kernel
