@@ -7,7 +7,7 @@ from .common import div_rn, power, sqrt_rn
 from .optim import (chunk_end, grad_factor, header_scalar, load_param, program_chunk, row_counter, row_grad,
                     row_master, row_param, row_state, store_param, store_state)
 
-KEY = 7  # the rounding key's place among the spec's scalars
+KEY = tl.constexpr(7)  # the rounding key's place among the spec's scalars
 
 
 @triton.jit
