@@ -399,7 +399,7 @@ c10::ScalarType compute_dtype(const at::Tensor& x) {
 }
 
 void check_layout(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "batch_norm: ", name, " must be a CPU tensor");
+  TORCH_CHECK(is_plain_cpu_tensor(t), "batch_norm: ", name, " must be a plain dense CPU tensor");
   TORCH_CHECK(t.dim() == 3 && t.is_contiguous(), "batch_norm: ", name,
               " must be a contiguous 3-D tensor, (N, C, S) or (N, S, C)");
 }
@@ -409,7 +409,7 @@ void check_channel_vector(const std::optional<at::Tensor>& t, const char* name, 
   if (!t.has_value()) {
     return;
   }
-  TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->dim() == 1 && t->numel() == channels, "batch_norm: ",
+  TORCH_CHECK(is_plain_cpu_tensor(*t) && t->is_contiguous() && t->dim() == 1 && t->numel() == channels, "batch_norm: ",
               name, " must be a contiguous CPU tensor of ", channels, " elements");
   TORCH_CHECK(!dtype.has_value() || t->scalar_type() == *dtype, "batch_norm: ", name, " must be ", *dtype);
 }

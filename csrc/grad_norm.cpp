@@ -11,6 +11,7 @@
 
 #include "dtypes.h"
 #include "parallel.h"
+#include "plain_tensor.h"
 #include "registry.h"
 #include "simd.h"
 
@@ -127,11 +128,11 @@ bool supported_dtype(c10::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
-// Dense-strided CPU tensors of a dtype the loops handle (float, double, bfloat16, half, complex).
+// Plain dense-strided CPU tensors of a dtype the loops handle (float, double, bfloat16, half, complex).
 bool eligible(const std::vector<at::Tensor>& tensors) {
   for (const auto& t : tensors) {
     const c10::ScalarType dtype = t.is_complex() ? c10::toRealValueType(t.scalar_type()) : t.scalar_type();
-    if (t.layout() != c10::kStrided || !t.device().is_cpu() || !supported_dtype(dtype)) return false;
+    if (!is_plain_cpu_tensor(t) || !supported_dtype(dtype)) return false;
   }
   return true;
 }
@@ -141,7 +142,7 @@ std::vector<FlatTensor> flatten(const std::vector<const at::Tensor*>& tensors, c
   std::vector<FlatTensor> flat;
   flat.reserve(tensors.size());
   for (const at::Tensor* t : tensors) {
-    TORCH_CHECK(t->layout() == c10::kStrided && t->device().is_cpu(), what, ": expected dense CPU tensors");
+    TORCH_CHECK(is_plain_cpu_tensor(*t), what, ": expected plain dense CPU tensors");
     const c10::ScalarType dtype = t->is_complex() ? c10::toRealValueType(t->scalar_type()) : t->scalar_type();
     TORCH_CHECK(supported_dtype(dtype), what, ": unsupported dtype ", t->scalar_type());
     if (t->numel() == 0) continue;

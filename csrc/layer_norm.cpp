@@ -197,7 +197,7 @@ c10::ScalarType compute_dtype(const at::Tensor& x) {
 }
 
 void check_rows(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "layer_norm: ", name, " must be a CPU tensor");
+  TORCH_CHECK(is_plain_cpu_tensor(t), "layer_norm: ", name, " must be a plain dense CPU tensor");
   TORCH_CHECK(t.dim() == 2 && t.is_contiguous(), "layer_norm: ", name, " must be a contiguous (M, N) tensor");
 }
 
@@ -205,7 +205,7 @@ void check_vector(const std::optional<at::Tensor>& t, const char* name, int64_t 
   if (!t.has_value()) {
     return;
   }
-  TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->dim() == 1 && t->numel() == n &&
+  TORCH_CHECK(is_plain_cpu_tensor(*t) && t->is_contiguous() && t->dim() == 1 && t->numel() == n &&
                   t->scalar_type() == dtype,
               "layer_norm: ", name, " must be a contiguous CPU ", dtype, " tensor of ", n, " elements");
 }

@@ -15,6 +15,7 @@
 
 #include "dtypes.h"
 #include "parallel.h"
+#include "plain_tensor.h"
 #include "simd.h"
 
 namespace fused_optim {

@@ -1,6 +1,6 @@
 """The ``fused-optim`` command (also ``python -m fused_optim``): bench, check, info, lr-find, compare.
 
-    fused-optim bench [--op adam,sgd] [--workload gpt2] [--device cuda] [--dtype float32] [--quick]
+    fused-optim bench [--op adam,sgd] [--workload gpt2] [--device cuda] [--dtype float32] [--quick] [--cold]
                       [--reference] [--threads N] [--time-per-case S] [--json PATH] [--csv PATH] [--plot PATH]
     fused-optim check [--op ...] [--device ...] [--dtype ...] [--json PATH]
     fused-optim info  [--json PATH]
@@ -107,7 +107,7 @@ def build_parser():
         description="Time fused_optim (per backend), torch (for-loop, foreach, fused) and the reference on each op "
         "and workload; print median time, spread, GB/s, %% of measured copy bandwidth and speedup over torch's best.",
     )
-    bench.add_argument("--op", action="append", metavar="OP", help=f"ops to run, comma-separated or repeated (default: all of {', '.join(OPS)})")
+    bench.add_argument("--op", action="append", metavar="OP", help=f"ops to run, comma-separated or repeated: {', '.join(OPS)} (default: all but the -fwd ones)")
     bench.add_argument(
         "--workload", action="append", metavar="NAME",
         help="workloads, comma-separated or repeated: " + "; ".join(f"{w.name}: {w.description}" for w in workloads.WORKLOADS.values())
@@ -117,6 +117,9 @@ def build_parser():
     bench.add_argument("--dtype", action="append", metavar="DTYPE", help=f"parameter dtypes, comma-separated or repeated: {', '.join(runner.DTYPES)} (default: float32)")
     bench.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for torch and the C++ kernels (default: torch's default, usually one per core)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes and short timing (a smoke run, seconds)")
+    bench.add_argument("--cold", action="store_true", help="also time every step cold, as in training: each after "
+                       "untimed work that streams through a buffer twice the size of the caches (reported beside the "
+                       "back-to-back times, interleaved across providers)")
     bench.add_argument("--reference", action="store_true", help="also time the (slow) reference on large workloads")
     bench.add_argument("--time-per-case", type=_positive_float, metavar="SECONDS", help="timing budget per op and workload, all providers together (default: 1, --quick: 0.02)")
     bench.add_argument("--json", metavar="PATH", help="write all results as JSON (rewritten after each case)")
@@ -130,7 +133,7 @@ def build_parser():
         description="Step every op on every fused_optim backend that runs on this device (and torch.optim) from random "
         "inputs in awkward shapes, compare params and state with the reference, print pass/fail with the max error.",
     )
-    check.add_argument("--op", action="append", metavar="OP", help=f"ops to check (default: all of {', '.join(OPS)})")
+    check.add_argument("--op", action="append", metavar="OP", help=f"ops to check: {', '.join(OPS)} (default: all but the -fwd ones, whose check is their full op's)")
     check.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     check.add_argument("--dtype", action="append", metavar="DTYPE", help=f"dtypes to check (default: all of {', '.join(runner.DTYPES)})")
     check.add_argument("--json", metavar="PATH", help="write the rows as JSON")
@@ -170,7 +173,7 @@ def cmd_bench(args, parser):
     from .benchmark.ops import OPS
 
     device = _device(args.device, parser)
-    ops = _names(args.op, OPS, "op", parser) or list(OPS)
+    ops = _names(args.op, OPS, "op", parser) or runner.default_ops()
     workload_names = _names(args.workload, workloads.WORKLOADS, "workload", parser) or runner.default_workloads(device.type)
     dtypes = _names(args.dtype, runner.DTYPES, "dtype", parser) or ["float32"]
     json_path = _output_path(args.json, "--json", parser)
@@ -200,7 +203,7 @@ def cmd_bench(args, parser):
     document.update(
         complete=False,
         settings={"device": str(device), "ops": ops, "workloads": workload_names, "dtypes": dtypes, "quick": args.quick,
-                  "reference": args.reference, "timing": dataclasses.asdict(settings),
+                  "reference": args.reference, "cold": args.cold, "timing": dataclasses.asdict(settings),
                   "configs": {name: OPS[name].config for name in ops}},
         copy_bandwidth=None, results=[], targets=[], other_cpu_share=None,
     )
@@ -214,6 +217,11 @@ def cmd_bench(args, parser):
     print(report.copy_line(bandwidth), flush=True)
     busy = report.busy_note(other_cpu.share(), "while it was measured")
     print((busy + "\n") if busy else "", flush=True)
+    evict = None
+    if args.cold:
+        gpu_cache = env["cuda"]["devices"][device.index or 0]["l2_cache_bytes"] if device.type == "cuda" else None
+        evict = timing.CacheEvictor(device, env["cpu"]["last_level_cache_bytes"], gpu_cache)
+        document["settings"]["evict_bytes"] = evict.nbytes
     inputs = runner.InputCache()
     for index, case in enumerate(cases):
         progress.update(index, case.label)
@@ -221,10 +229,12 @@ def cmd_bench(args, parser):
         def on_round(done, planned, index=index, label=case.label):
             progress.update(index + done / planned, label)
 
-        rows = runner.run_case(case, device, args.quick, args.reference, settings, bandwidth["gbps"], on_round, inputs)
+        rows = runner.run_case(case, device, args.quick, args.reference, settings, bandwidth["gbps"], on_round, inputs,
+                               evict)
         document["results"].extend(rows)
         progress.clear()
-        print(report.case_table(rows, OPS[case.op].summary) + "\n", flush=True)
+        for mode in dict.fromkeys(r["timing"] for r in rows):
+            print(report.case_table([r for r in rows if r["timing"] == mode], OPS[case.op].summary) + "\n", flush=True)
         if json_path:
             report.write_json(json_path, document)
     inputs.clear()
@@ -256,7 +266,7 @@ def cmd_check(args, parser):
     from .benchmark.ops import OPS
 
     device = _device(args.device, parser)
-    ops = _names(args.op, OPS, "op", parser) or list(OPS)
+    ops = _names(args.op, OPS, "op", parser) or runner.default_ops()
     dtypes = _names(args.dtype, runner.DTYPES, "dtype", parser) or list(runner.DTYPES)
     json_path = _output_path(args.json, "--json", parser)
     env = environment.environment()

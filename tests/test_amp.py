@@ -7,16 +7,10 @@ import math
 import pytest
 import torch
 
-import fused_optim as fo
+import optim_db
+from optim_db import config_id, configs_for, info_id, OPTIMIZERS
 
-CASES = [
-    ("SGD", lambda ps, **kw: fo.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, **kw),
-     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, foreach=False)),
-    ("Adam", lambda ps, **kw: fo.Adam(ps, lr=0.01, amsgrad=True, **kw),
-     lambda ps: torch.optim.Adam(ps, lr=0.01, amsgrad=True, foreach=False)),
-    ("AdamW", lambda ps, **kw: fo.AdamW(ps, lr=0.01, weight_decay=0.1, **kw),
-     lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1, foreach=False)),
-]
+CASES = configs_for("amp")
 INF_STEPS = {2, 5, 6}  # steps whose gradients hold an inf or NaN: skipped, the scale backs off
 
 
@@ -49,29 +43,31 @@ def train(make_optimizer, device, steps, clip=None, fused_clip=False):
 
 
 @pytest.mark.parametrize("clip", [None, 0.05], ids=["no-clip", "clip"])
-@pytest.mark.parametrize("name,fused,reference", CASES, ids=[c[0] for c in CASES])
-def test_grad_scaler_loop_matches_torch(name, fused, reference, clip, backend_device):
+@pytest.mark.parametrize("config", CASES, ids=config_id)
+def test_grad_scaler_loop_matches_torch(config, clip, backend_device):
     backend, device = backend_device
     if device != "cpu":
         pytest.skip("the CPU GradScaler drives the CPU backends; CUDA runs in test_amp_cuda")
     kwargs = dict(backend=backend) if clip is None else dict(backend=backend, max_grad_norm=clip)
-    model, opt, scales = train(lambda ps: fused(ps, **kwargs), device, 9, clip, fused_clip=True)
-    torch_model, torch_opt, torch_scales = train(reference, device, 9, clip)
+    model, opt, scales = train(lambda ps: config.fused(ps, **kwargs, **config.kwargs), device, 9, clip, fused_clip=True)
+    torch_model, torch_opt, torch_scales = train(lambda ps: config.torch(ps, foreach=False, **config.kwargs), device, 9,
+                                                 clip)
     assert scales == torch_scales
+    rtol, atol = optim_db.TORCH_TOLERANCE.get(type(opt).__name__, (1e-5, 1e-6))
     for p, q in zip(model.parameters(), torch_model.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p, q, rtol=rtol, atol=atol)
     for p, q in zip(model.parameters(), torch_model.parameters()):
         for key, value in torch_opt.state[q].items():
-            torch.testing.assert_close(opt.state[p][key].cpu(), value.cpu(), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(opt.state[p][key].cpu(), value.cpu(), rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("name,fused,reference", CASES, ids=[c[0] for c in CASES])
-def test_skipped_step_changes_nothing(name, fused, reference, backend_device):
+@pytest.mark.parametrize("config", CASES, ids=config_id)
+def test_skipped_step_changes_nothing(config, backend_device):
     backend, device = backend_device
     if device != "cpu":
         pytest.skip("CPU GradScaler")
     model, x, y = model_and_data(device)
-    opt = fused(list(model.parameters()), backend=backend, max_grad_norm=1.0)
+    opt = config.fused(list(model.parameters()), backend=backend, max_grad_norm=1.0, **config.kwargs)
     scaler = torch.amp.GradScaler(device, init_scale=256.0)
     for step in range(3):
         opt.zero_grad()
@@ -90,40 +86,40 @@ def test_skipped_step_changes_nothing(name, fused, reference, backend_device):
     assert scaler.get_scale() == 128.0
 
 
-def test_skipped_first_step_creates_empty_state(backend_device):
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=info_id)
+def test_skipped_first_step_creates_empty_state(info, backend_device):
     """As torch's fused optimizers: state exists after a skipped first step, at step 0, and the
     next step is the first update (SGD's momentum buffer starts from that step's gradient)."""
     backend, device = backend_device
     if device != "cpu":
         pytest.skip("CPU GradScaler")
-    for make, reference in [(lambda ps: fo.SGD(ps, lr=0.1, momentum=0.9, backend=backend),
-                             lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, foreach=False)),
-                            (lambda ps: fo.Adam(ps, lr=0.1, backend=backend),
-                             lambda ps: torch.optim.Adam(ps, lr=0.1, foreach=False))]:
-        p = torch.ones(5, requires_grad=True)
-        q = torch.ones(5, requires_grad=True)
-        opt, torch_opt = make([p]), reference([q])
-        scaler, torch_scaler = torch.amp.GradScaler(device, init_scale=8.0), torch.amp.GradScaler(device, init_scale=8.0)
-        for step in range(3):
-            for param, optimizer, s in ((p, opt, scaler), (q, torch_opt, torch_scaler)):
-                s.scale(torch.ones(()))
-                param.grad = torch.full((5,), s.get_scale() * (step + 1.0))
-                if step == 0:
-                    param.grad[0] = math.inf
-                s.step(optimizer)
-                s.update()
+    config = info.configs_for("skipped_first_step")[0]
+    p = torch.ones(5, requires_grad=True)
+    q = torch.ones(5, requires_grad=True)
+    opt, torch_opt = config.fused([p], backend=backend, **config.kwargs), config.torch([q], foreach=False,
+                                                                                       **config.kwargs)
+    scaler, torch_scaler = torch.amp.GradScaler(device, init_scale=8.0), torch.amp.GradScaler(device, init_scale=8.0)
+    for step in range(3):
+        for param, optimizer, s in ((p, opt, scaler), (q, torch_opt, torch_scaler)):
+            s.scale(torch.ones(()))
+            param.grad = torch.full((5,), s.get_scale() * (step + 1.0))
             if step == 0:
-                assert torch.equal(p.detach(), torch.ones(5))
-                assert all(float(v.sum()) == 0.0 for k, v in opt.state[p].items() if k != "momentum_buffer")
-        torch.testing.assert_close(p, q)
+                param.grad[0] = math.inf
+            s.step(optimizer)
+            s.update()
+        if step == 0:
+            assert torch.equal(p.detach(), torch.ones(5))
+            assert all(float(v.sum()) == 0.0 for k, v in opt.state[p].items() if k != "momentum_buffer")
+    torch.testing.assert_close(p, q)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name,fused,reference", CASES, ids=[c[0] for c in CASES])
-def test_amp_cuda(name, fused, reference):
-    model, opt, scales = train(lambda ps: fused(ps, backend="triton", max_grad_norm=0.05), "cuda", 9, 0.05, True)
-    torch_model, _, torch_scales = train(reference, "cuda", 9, 0.05)
+@pytest.mark.parametrize("config", CASES, ids=config_id)
+def test_amp_cuda(config):
+    model, opt, scales = train(lambda ps: config.fused(ps, backend="triton", max_grad_norm=0.05, **config.kwargs), "cuda",
+                               9, 0.05, True)
+    torch_model, _, torch_scales = train(lambda ps: config.torch(ps, foreach=False, **config.kwargs), "cuda", 9, 0.05)
     assert scales == torch_scales
     for p, q in zip(model.parameters(), torch_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

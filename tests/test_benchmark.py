@@ -62,21 +62,28 @@ def test_default_workloads_leave_1b_to_cuda():
 
 # ----- byte model ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(
-    "bytes_per_element, expected",
-    [
-        (traffic.adam(torch.float32), 28),
-        (traffic.adam(torch.float32, amsgrad=True), 36),
-        (traffic.sgd(torch.float32, momentum=True), 20),
-        (traffic.sgd(torch.float32, momentum=False), 12),
-        (traffic.adam(torch.bfloat16), 3 * 2 + 4 * 4),  # p, g 2 bytes; float32 m, v read and written
-        (traffic.sgd(torch.float16, momentum=True), 3 * 2 + 2 * 4),
-        (traffic.adam(torch.float64), 56),
-    ],
-    ids=["adam-fp32", "amsgrad-fp32", "sgd-momentum", "sgd-plain", "adam-bf16", "sgd-fp16", "adam-fp64"],
-)
-def test_byte_model(bytes_per_element, expected):
-    assert bytes_per_element == expected
+BYTE_MODEL = [
+    # (optimizer, bench config, parameter dtype, bytes per element)
+    (torch.optim.SGD, {"momentum": 0.9}, torch.float32, 20),
+    (torch.optim.SGD, {}, torch.float32, 12),
+    (torch.optim.Adam, {}, torch.float32, 28),
+    (torch.optim.Adam, {"amsgrad": True}, torch.float32, 36),
+    (torch.optim.AdamW, {}, torch.float32, 28),
+    (torch.optim.Adam, {}, torch.bfloat16, 3 * 2 + 4 * 4),  # p, g 2 bytes; float32 m, v read and written
+    (torch.optim.SGD, {"momentum": 0.9}, torch.float16, 3 * 2 + 2 * 4),
+    (torch.optim.Adam, {}, torch.float64, 56),
+    (torch.optim.RMSprop, {}, torch.float32, 20),
+    (torch.optim.RMSprop, {"momentum": 0.9}, torch.float32, 28),
+    (torch.optim.RMSprop, {"centered": True}, torch.float32, 28),
+    (torch.optim.RMSprop, {"momentum": 0.9, "centered": True}, torch.float32, 36),
+    (torch.optim.Adagrad, {}, torch.float32, 20),
+]
+
+
+@pytest.mark.parametrize("optimizer,config,dtype,expected", BYTE_MODEL,
+                         ids=[f"{o.__name__}-{'-'.join(c) or 'plain'}-{str(d)[6:]}" for o, c, d, _ in BYTE_MODEL])
+def test_byte_model(optimizer, config, dtype, expected):
+    assert traffic.optimizer_step(dtype, ops.state_tensors(optimizer, config)) == expected
 
 
 def test_op_table_uses_the_byte_model():
@@ -84,6 +91,57 @@ def test_op_table_uses_the_byte_model():
     assert ops.OPS["adamw"].bytes_per_element(torch.float32) == 28
     assert ops.OPS["sgd"].bytes_per_element(torch.float32) == 20  # the bench runs SGD with momentum
     assert ops.OPS["sgd"].config["momentum"] > 0
+    assert ops.OPS["adam_clip"].bytes_per_element(torch.float32) == 4 + 28  # the norm reads the gradient once more
+    assert ops.OPS["layernorm"].bytes_per_element(torch.float32) == 20
+    assert ops.OPS["layernorm-fwd"].bytes_per_element(torch.float32) == 8
+    assert ops.OPS["batchnorm2d"].bytes_per_element(torch.float32) == 32
+    assert ops.OPS["batchnorm2d-cl-fwd"].bytes_per_element(torch.float32) == 12
+
+
+def test_forward_ops_time_the_forward_alone():
+    """The -fwd ops' providers call the module without autograd; the full ops run the backward too."""
+    inputs = ops.NORM_OPS[0].make_inputs([(4, 16)], torch.device("cpu"), torch.float32, 0)
+    full = {p.name: p for p in ops.OPS["layernorm"].providers("cpu", torch.float32)}
+    forward = {p.name: p for p in ops.OPS["layernorm-fwd"].providers("cpu", torch.float32)}
+    assert set(full) == set(forward)
+    y = forward["torch native"].build(inputs)()
+    assert isinstance(y, torch.Tensor) and not y.requires_grad
+    torch.testing.assert_close(y, torch.nn.functional.layer_norm(inputs.x, (16,), inputs.weight, inputs.bias))
+    grads = full["torch native"].build(inputs)()
+    assert len(grads) == 3  # dx, dweight, dbias
+
+
+class _TorchBacked:
+    """A stand-in for a fused_optim optimizer not written yet: torch's, taking ``backend``."""
+
+    def __init__(self, torch_class):
+        self.torch_class = torch_class
+        self.__name__ = torch_class.__name__
+
+    def __call__(self, params, backend=None, **kwargs):
+        return self.torch_class(params, foreach=False, **kwargs)
+
+
+def test_rmsprop_and_adagrad_ops_appear_with_their_classes(monkeypatch):
+    assert not hasattr(ops.fo_optim, "RMSprop") or "rmsprop" in ops.OPS  # guarded on the class
+    monkeypatch.setattr(ops.fo_optim, "RMSprop", _TorchBacked(torch.optim.RMSprop), raising=False)
+    monkeypatch.setattr(ops.fo_optim, "Adagrad", _TorchBacked(torch.optim.Adagrad), raising=False)
+    later = {op.name: op for op in ops.later_optimizer_ops()}
+    assert set(later) == {"rmsprop", "adagrad"}
+    for name, op in later.items():
+        assert op.bytes_per_element(torch.float32) == 20, name
+        assert op.workloads == ops.OPTIMIZER_WORKLOADS
+        providers = {p.name: p for p in op.providers("cpu", torch.float32)}
+        assert {"fused_optim cpp", "torch for-loop", "torch foreach", "torch fused", "reference"} <= set(providers)
+        inputs = op.make_inputs([(5,), (3, 2)], torch.device("cpu"), torch.float32, 0)
+        providers["torch for-loop"].build(inputs)()
+    rmsprop_fused = next(p for p in later["rmsprop"].providers("cpu", torch.float32) if p.name == "torch fused")
+    assert rmsprop_fused.reason is not None  # torch has no fused RMSprop
+    assert next(p for p in later["adagrad"].providers("cpu", torch.float32) if p.name == "torch fused").reason is None
+    assert {t.metric for t in later["rmsprop"].targets} == {"speedup_vs_torch_best"}
+    assert {t.against for t in later["adagrad"].targets} == {"torch fused"}
+    rows = later["adagrad"].check(torch.device("cpu"), torch.float32)
+    assert rows and all(r.passed in (True, None) for r in rows)
 
 
 # ----- timing --------------------------------------------------------------------------------
@@ -162,6 +220,36 @@ def test_slow_first_call_skips_sizing_on_cpu():
     assert len(order) == 3  # one call to size the samples, then two rounds
 
 
+def test_cold_mode_evicts_before_every_timed_call():
+    order = []
+
+    def fn(name):
+        return lambda: order.append(name)
+
+    settings = timing.Settings(budget_s=0.0, min_rounds=3, max_rounds=3, min_sample_s=0.01, warmup_s=0.0)
+    stats = timing.measure({"a": fn("a"), "b": fn("b")}, timing.Clock("cpu"), settings, evict=fn("evict"))
+    assert stats["a"].calls_per_sample == stats["b"].calls_per_sample == 1  # not sized: one call per sample
+    assert order == ["evict", "a", "evict", "b", "evict", "b", "evict", "a", "evict", "a", "evict", "b"]
+
+
+def test_cache_evictor_streams_through_more_than_the_cache():
+    evictor = timing.CacheEvictor("cpu", cpu_cache_bytes=48 * 2**20)
+    assert evictor.nbytes == 96 * 2**20 and evictor.gpu is None
+    assert timing.CacheEvictor("cpu").nbytes == timing.MIN_EVICT_BYTES
+    before = evictor.cpu[::4096].clone()
+    evictor()
+    assert torch.equal(evictor.cpu[::4096], before + 1)  # every page written
+
+
+def test_cache_sizes_are_read_from_sysfs_notation():
+    from fused_optim.benchmark import environment
+
+    assert environment._parse_size("32768K") == 32 * 2**20
+    assert environment._parse_size("1M") == 2**20 and environment._parse_size("512") == 512
+    size = environment.last_level_cache_bytes()
+    assert size is None or size >= 2**16
+
+
 def test_copy_bandwidth_is_measured():
     result = timing.copy_bandwidth("cpu", 1 << 20, timing.Settings.default(quick=True))
     assert result["bytes_per_copy"] == 1 << 20
@@ -201,6 +289,32 @@ def test_run_case_rows(one_thread):
         assert row["pct_of_copy"] == pytest.approx(10.0 * row["gbps"])
         assert row["q1_s"] <= row["median_s"] <= row["q3_s"]
         assert row["speedup_vs_torch_best"] == pytest.approx(best["median_s"] / row["median_s"])
+
+
+def test_run_case_cold_rows(one_thread):
+    """With an evictor, every provider is timed twice: warm rows, then cold rows, each mode's
+    speedups over its own fastest torch provider."""
+    settings = timing.Settings.default(quick=True)
+    evict = timing.CacheEvictor("cpu")
+    calls = []
+    rows = runner.run_case(runner.Case("sgd", "tiny", "float32"), torch.device("cpu"), True, False, settings, 10.0,
+                           evict=lambda: (calls.append(1), evict()))
+    providers = [p.name for p in ops.OPS["sgd"].providers("cpu", torch.float32)]
+    assert [r["provider"] for r in rows] == providers * 2
+    assert [r["timing"] for r in rows] == ["warm"] * len(providers) + ["cold"] * len(providers)
+    timed = sum(r["available"] for r in rows if r["timing"] == "cold")
+    assert len(calls) == sum(r["samples"] for r in rows if r["timing"] == "cold" and r["available"]) >= 3 * timed
+    for mode in ("warm", "cold"):
+        mode_rows = [r for r in rows if r["timing"] == mode and r["available"]]
+        best = min((r for r in mode_rows if r["family"] == "torch"), key=lambda r: r["median_s"])
+        for row in mode_rows:
+            assert row["torch_best"] == best["provider"]
+            assert row["speedup_vs_torch_best"] == pytest.approx(best["median_s"] / row["median_s"])
+            if mode == "cold":
+                assert row["calls_per_sample"] == 1
+    verdicts = runner.evaluate_targets([runner.Case("sgd", "tiny", "float32")], rows, torch.device("cpu"))
+    assert [v["timing"] for v in verdicts] == ["warm", "cold"]
+    assert verdicts[1]["description"].endswith("(cold)")
 
 
 def test_cases_are_workload_major_and_share_inputs(one_thread):

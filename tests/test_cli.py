@@ -107,13 +107,14 @@ def test_bench_quick_default_run(capsys, tmp_path, device):
     assert document["environment"]["cpu"]["torch_threads"] == 1
     settings = document["settings"]
     assert settings["device"].startswith(device) and settings["quick"] is True
-    assert settings["ops"] == list(OPS)
+    assert settings["ops"] == runner.default_ops() and set(OPS) - set(runner.default_ops()) == {
+        "layernorm-fwd", "batchnorm2d-fwd", "batchnorm2d-cl-fwd"}
     assert settings["workloads"] == runner.default_workloads(device)
     results = document["results"]
     cases = {(r["op"], r["workload"], r["dtype"]) for r in results}
     planned = runner.plan_cases(settings["ops"], settings["workloads"], settings["dtypes"])
     assert cases == {(c.op, c.workload, c.dtype) for c in planned}
-    assert {op for op, _, _ in cases} == set(OPS)  # every op runs on some default workload
+    assert {op for op, _, _ in cases} == set(runner.default_ops())  # every op runs on some default workload
     for row in results:
         assert set(runner.RESULT_FIELDS) == row.keys()
         if row["available"]:
@@ -134,6 +135,25 @@ def test_bench_quick_default_run(capsys, tmp_path, device):
         assert f"{op} (" in out and f"· {workload}:" in out
     assert "copy bandwidth (measured)" in out and "vs torch best" in out
     assert "[1/" in err  # progress, one line per case when stderr is not a terminal
+
+
+def test_bench_cold_reports_both_modes(capsys, tmp_path):
+    """--cold: every case timed back to back and cold, both tables printed and recorded."""
+    path = tmp_path / "bench.json"
+    code, out, err = run(capsys, "bench", "--quick", "--cold", "--threads", "1", "--op", "sgd", "--workload", "tiny",
+                         "--json", str(path))
+    assert code == 0, err
+    document = json.loads(path.read_text())
+    assert document["settings"]["cold"] is True and document["settings"]["evict_bytes"] >= 64 * 2**20
+    results = document["results"]
+    assert {r["timing"] for r in results} == {"warm", "cold"}
+    for mode in ("warm", "cold"):
+        rows = [r for r in results if r["timing"] == mode and r["available"]]
+        assert any(r["provider"] == "fused_optim cpp" for r in rows)
+        assert max(r["speedup_vs_torch_best"] for r in rows if r["family"] == "torch") == 1.0
+    assert out.count("sgd (SGD, momentum 0.9) · tiny:") == 2
+    assert "· cold: each step after work that evicts the caches" in out
+    assert {v["timing"] for v in document["targets"]} == {"warm", "cold"} and "(cold)" in out
 
 
 def test_bench_writes_csv_and_plot(capsys, tmp_path):
@@ -224,11 +244,11 @@ def test_check_passes_on_cpu(capsys, tmp_path, monkeypatch):
     document = json.loads(path.read_text())
     assert document["schema"] == "fused_optim.check/1" and document["passed"] is True
     rows = document["rows"]
-    assert {(r["op"], r["dtype"]) for r in rows} == {(o, d) for o in OPS for d in runner.DTYPES}
+    assert {(r["op"], r["dtype"]) for r in rows} == {(o, d) for o in runner.default_ops() for d in runner.DTYPES}
     for row in rows:
         assert CHECK_ROW_KEYS == row.keys()
     cpp = [r for r in rows if r["backend"] == "cpp"]
-    assert len(cpp) == len(OPS) * len(runner.DTYPES)
+    assert len(cpp) == len(runner.default_ops()) * len(runner.DTYPES)
     assert all(r["passed"] is True and r["error_ratio"] <= 1.0 for r in cpp)
     triton = [r for r in rows if r["backend"] == "triton"]
     assert all(r["passed"] is None and "TRITON_INTERPRET" in r["reason"] for r in triton)
@@ -258,5 +278,5 @@ def test_check_failure_exits_nonzero(capsys, tmp_path, monkeypatch):
 def test_check_triton(capsys, device):
     code, out, _ = run(capsys, "check", "--device", device, "--dtype", "float32,bfloat16")
     triton_lines = [line for line in out.splitlines() if line.split()[1:2] == ["triton"]]
-    assert len(triton_lines) == 2 * len(OPS)
+    assert len(triton_lines) == 2 * len(runner.default_ops())
     assert code == 0, out

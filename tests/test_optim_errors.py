@@ -8,58 +8,27 @@ import torch
 
 import fused_optim as fo
 from fused_optim import _backend
+from optim_db import COMMON_BAD_INPUTS, OPTIMIZERS, info_id
 
 
 def params(n=3, device="cpu"):
     return [torch.randn(4, device=device, requires_grad=True) for _ in range(n)]
 
 
-# (id, build the optimizer, exception, message pattern, torch's optimizer for the same call or None)
-CONSTRUCTOR_ERRORS = [
-    ("sgd-negative-lr", lambda ps: fo.SGD(ps, lr=-0.1), ValueError, "Invalid learning rate",
-     lambda ps: torch.optim.SGD(ps, lr=-0.1)),
-    ("sgd-negative-momentum", lambda ps: fo.SGD(ps, momentum=-0.5), ValueError, "Invalid momentum",
-     lambda ps: torch.optim.SGD(ps, momentum=-0.5)),
-    ("sgd-negative-weight-decay", lambda ps: fo.SGD(ps, weight_decay=-1.0), ValueError, "Invalid weight_decay",
-     lambda ps: torch.optim.SGD(ps, weight_decay=-1.0)),
-    ("sgd-nesterov-without-momentum", lambda ps: fo.SGD(ps, nesterov=True), ValueError, "Nesterov",
-     lambda ps: torch.optim.SGD(ps, nesterov=True)),
-    ("sgd-nesterov-with-dampening", lambda ps: fo.SGD(ps, momentum=0.9, dampening=0.1, nesterov=True), ValueError,
-     "Nesterov", lambda ps: torch.optim.SGD(ps, momentum=0.9, dampening=0.1, nesterov=True)),
-    ("adam-negative-lr", lambda ps: fo.Adam(ps, lr=-1e-3), ValueError, "Invalid learning rate",
-     lambda ps: torch.optim.Adam(ps, lr=-1e-3)),
-    ("adam-negative-eps", lambda ps: fo.Adam(ps, eps=-1e-8), ValueError, "Invalid epsilon",
-     lambda ps: torch.optim.Adam(ps, eps=-1e-8)),
-    ("adam-beta1-one", lambda ps: fo.Adam(ps, betas=(1.0, 0.999)), ValueError, "beta parameter at index 0",
-     lambda ps: torch.optim.Adam(ps, betas=(1.0, 0.999))),
-    ("adam-beta2-negative", lambda ps: fo.Adam(ps, betas=(0.9, -0.1)), ValueError, "beta parameter at index 1",
-     lambda ps: torch.optim.Adam(ps, betas=(0.9, -0.1))),
-    ("adamw-beta2-one", lambda ps: fo.AdamW(ps, betas=(0.9, 1.0)), ValueError, "beta parameter at index 1",
-     lambda ps: torch.optim.AdamW(ps, betas=(0.9, 1.0))),
-    ("adamw-negative-weight-decay", lambda ps: fo.AdamW(ps, weight_decay=-0.1), ValueError, "Invalid weight_decay",
-     lambda ps: torch.optim.AdamW(ps, weight_decay=-0.1)),
-    ("adam-two-element-lr", lambda ps: fo.Adam(ps, lr=torch.tensor([0.1, 0.2])), ValueError, "1-element",
-     lambda ps: torch.optim.Adam(ps, lr=torch.tensor([0.1, 0.2]))),
-    ("empty-parameter-list", lambda ps: fo.Adam([]), ValueError, "empty parameter list",
-     lambda ps: torch.optim.Adam([])),
-    ("parameter-in-two-groups", lambda ps: fo.SGD([{"params": ps}, {"params": ps[:1]}], lr=0.1), ValueError,
-     "more than one parameter group", lambda ps: torch.optim.SGD([{"params": ps}, {"params": ps[:1]}], lr=0.1)),
-    ("non-leaf", lambda ps: fo.Adam([ps[0] * 2]), ValueError, "non-leaf", lambda ps: torch.optim.Adam([ps[0] * 2])),
-    ("unknown-backend", lambda ps: fo.Adam(ps, backend="cuda-graphs"), ValueError,
-     r"'cuda-graphs'.*'auto', 'reference', 'cpp', 'triton'", None),
-    ("mixed-devices-in-group", lambda ps: fo.SGD([ps[0], torch.empty(4, device="meta", requires_grad=True)], lr=0.1),
-     ValueError, "one device", None),
-]
+BAD_INPUTS = [(info, case) for info in OPTIMIZERS for case in info.bad_inputs + COMMON_BAD_INPUTS]
 
 
-@pytest.mark.parametrize("case", CONSTRUCTOR_ERRORS, ids=lambda c: c[0])
-def test_constructor_rejects(case):
-    _, build, error, pattern, torch_build = case
-    with pytest.raises(error, match=pattern):
-        build(params())
-    if torch_build is not None:  # the same exception type as torch
-        with pytest.raises(error):
-            torch_build(params())
+@pytest.mark.parametrize("info,case", BAD_INPUTS, ids=[f"{i.name}-{c.id}" for i, c in BAD_INPUTS])
+def test_constructor_rejects(info, case):
+    def call(cls):
+        ps = params()
+        return cls(case.params(ps) if case.params else ps, **case.kwargs)
+
+    with pytest.raises(case.error, match=case.match):
+        call(info.fused)
+    if case.torch_too:  # the same exception type as torch
+        with pytest.raises(case.error):
+            call(info.torch)
 
 
 def test_unknown_backend_from_environment(monkeypatch):
@@ -89,10 +58,12 @@ def assert_unchanged(opt, ps, before):
             assert torch.equal(state[index][key], value), (index, key)
 
 
-def stepped(optimizer, backend, **kwargs):
+def stepped(info, backend, groups=False):
     """An optimizer that has taken two good steps (so it has state to protect)."""
+    config = info.configs_for("state")[0]
     ps = params(4)
-    opt = optimizer(ps, lr=0.1, backend=backend, **kwargs)
+    arg = [{"params": ps[:2]}, {"params": ps[2:], "lr": 0.5}] if groups else ps
+    opt = config.fused(arg, backend=backend, **config.kwargs)
     for _ in range(2):
         for p in ps:
             p.grad = torch.randn_like(p)
@@ -100,34 +71,26 @@ def stepped(optimizer, backend, **kwargs):
     return opt, ps
 
 
-OPTIMIZERS = [(fo.SGD, {"momentum": 0.9}), (fo.Adam, {"amsgrad": True}), (fo.AdamW, {})]
-
-
-@pytest.mark.parametrize("optimizer,kwargs", [(o, k) for o, k in OPTIMIZERS if o is not fo.SGD],
-                         ids=lambda o: getattr(o, "__name__", ""))
-def test_sparse_gradient_rejected_before_any_change(optimizer, kwargs, backend_device):
+@pytest.mark.parametrize("info", [i for i in OPTIMIZERS if not i.supports_sparse], ids=info_id)
+def test_sparse_gradient_rejected_before_any_change(info, backend_device):
     backend, device = backend_device
     if device != "cpu":
         pytest.skip("sparse CPU gradients")
-    opt, ps = stepped(optimizer, backend, **kwargs)
+    opt, ps = stepped(info, backend)
     for p in ps:
         p.grad = torch.randn_like(p)
     ps[2].grad = torch.randn(4).to_sparse()
     before = snapshot(opt, ps)
-    with pytest.raises(RuntimeError, match=f"{optimizer.__name__} does not support sparse gradients"):
+    with pytest.raises(RuntimeError, match=f"{info.name} does not support sparse gradients"):
         opt.step()
     assert_unchanged(opt, ps, before)
 
 
-@pytest.mark.parametrize("optimizer,kwargs", OPTIMIZERS, ids=lambda o: getattr(o, "__name__", ""))
-def test_bad_gradient_in_a_later_group_changes_nothing(optimizer, kwargs, backend_device):
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=info_id)
+def test_bad_gradient_in_a_later_group_changes_nothing(info, backend_device):
     """All groups are checked before any group is stepped."""
     backend, _ = backend_device
-    ps = params(4)
-    opt = optimizer([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.5}], lr=0.1, backend=backend, **kwargs)
-    for p in ps:
-        p.grad = torch.randn_like(p)
-    opt.step()
+    opt, ps = stepped(info, backend, groups=True)
     for p in ps:
         p.grad = torch.randn_like(p)
     ps[3].grad.data = torch.randn(5)  # a gradient whose shape no longer matches its parameter
@@ -137,9 +100,10 @@ def test_bad_gradient_in_a_later_group_changes_nothing(optimizer, kwargs, backen
     assert_unchanged(opt, ps, before)
 
 
-def test_parameter_replaced_after_first_step(backend_device):
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=info_id)
+def test_parameter_replaced_after_first_step(info, backend_device):
     backend, _ = backend_device
-    opt, ps = stepped(fo.Adam, backend)
+    opt, ps = stepped(info, backend)
     ps[1].data = torch.zeros(6)
     for p in ps:
         p.grad = torch.randn_like(p)

@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-import fused_optim as fo
-from optim_cases import CONFIGS
+from optim_db import OPTIMIZERS, config_id, configs_for, info_id
 
 LOW = [torch.bfloat16, torch.float16]
 # One step of float32 math rounded once: at most one unit in the last place of the 16-bit type
 # apart from torch's float32 result rounded the same way (2**-7 relative for bfloat16, 2**-10 for
 # float16), plus the smallest normal for values that round near zero.
 ULP = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
-SELECTED = [c for c in CONFIGS if c.id in ("SGD-nesterov_wd_maximize", "SGD-dampening", "Adam-amsgrad_wd_maximize",
-                                           "Adam-default", "AdamW-default", "AdamW-amsgrad")]
+CASES = [(c, dtype) for info in OPTIMIZERS for dtype in LOW if dtype in info.dtypes
+         for c in info.configs_for("low_precision")]
+CASE_IDS = [f"{c.id}-{str(dtype).replace('torch.', '')}" for c, dtype in CASES]
 
 
 def low_precision_params(device, dtype, seed=0):
@@ -28,8 +28,7 @@ def random_grads(params, generator):
             for i, p in enumerate(params)]
 
 
-@pytest.mark.parametrize("dtype", LOW, ids=str)
-@pytest.mark.parametrize("config", SELECTED, ids=lambda c: c.id)
+@pytest.mark.parametrize("config,dtype", CASES, ids=CASE_IDS)
 def test_backends_match_reference(config, dtype, backend_device):
     """Every backend computes what the reference defines, to the last bit but for rare ties."""
     backend, device = backend_device
@@ -52,8 +51,7 @@ def test_backends_match_reference(config, dtype, backend_device):
             torch.testing.assert_close(value, reference_state[key], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", LOW, ids=str)
-@pytest.mark.parametrize("config", SELECTED, ids=lambda c: c.id)
+@pytest.mark.parametrize("config,dtype", CASES, ids=CASE_IDS)
 def test_one_step_matches_float32_torch(config, dtype, backend_device):
     """One step on 16-bit parameters equals torch's float32 step on the same values, rounded."""
     backend, device = backend_device
@@ -69,17 +67,16 @@ def test_one_step_matches_float32_torch(config, dtype, backend_device):
         torch.testing.assert_close(p.float(), q.to(dtype).float(), rtol=ULP[dtype], atol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", [fo.Adam, fo.AdamW], ids=lambda c: c.__name__)
-def test_float16_adam_stays_finite(optimizer, backend_device):
+@pytest.mark.parametrize("info", [i for i in OPTIMIZERS if torch.float16 in i.dtypes], ids=info_id)
+def test_float16_state_stays_finite(info, backend_device):
     """Tiny and large float16 gradients: a float16 exp_avg_sq would underflow to zero (with eps
     1e-8 flushed to zero too: 0/0) or overflow (grad**2 > 65504); float32 state does neither."""
     backend, device = backend_device
     values = torch.tensor([1e-4, -3e-5, 300.0, -250.0, 1.0, 0.0])
     param = torch.zeros(6, dtype=torch.float16, device=device, requires_grad=True)
     wide = torch.zeros(6, requires_grad=True)
-    opt = optimizer([param], lr=1e-3, backend=backend)
-    wide_opt = torch.optim.Adam([wide], lr=1e-3, foreach=False) if optimizer is fo.Adam else torch.optim.AdamW(
-        [wide], lr=1e-3, foreach=False)
+    opt = info.fused([param], lr=1e-3, backend=backend)
+    wide_opt = info.torch([wide], lr=1e-3, foreach=False)
     for _ in range(5):
         param.grad = values.to(device, torch.float16)
         wide.grad = values.to(torch.float16).float()
@@ -92,18 +89,20 @@ def test_float16_adam_stays_finite(optimizer, backend_device):
                                atol=1e-6)
 
 
-def test_state_dict_keeps_float32_state_exactly(backend_device):
+@pytest.mark.parametrize("config", configs_for("state_dict_float32", [i for i in OPTIMIZERS if torch.bfloat16 in i.dtypes]),
+                         ids=config_id)
+def test_state_dict_keeps_float32_state_exactly(config, backend_device):
     """Saving and loading fused_optim state for bfloat16 parameters does not round it to bfloat16."""
     backend, device = backend_device
     params = low_precision_params(device, torch.bfloat16)
-    opt = fo.Adam(params, lr=0.01, backend=backend)
+    opt = config.fused(params, backend=backend, **config.kwargs)
     g = torch.Generator().manual_seed(3)
     for _ in range(3):
         for p, grad in zip(params, random_grads(params, g)):
             p.grad = grad
         opt.step()
     saved = opt.state_dict()
-    restored = fo.Adam(params, lr=0.01, backend=backend)
+    restored = config.fused(params, backend=backend, **config.kwargs)
     restored.load_state_dict(saved)
     for p in params:
         for key, value in opt.state[p].items():

@@ -5,29 +5,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fused_optim as fo
 from conftest import BACKEND_DEVICES, require_backend
+from optim_db import OPTIMIZERS, info_id
 
 FAST = [pair for pair in BACKEND_DEVICES if pair[0] != "reference"]
 EXAMPLES = {"cpp": 60, "triton": 20}
 
 shapes = st.lists(st.lists(st.integers(0, 40), min_size=0, max_size=3).map(tuple), min_size=1, max_size=5)
-unit = st.floats(0.0, 0.999)
-
-
-@st.composite
-def adam_settings(draw):
-    return dict(lr=draw(st.floats(1e-4, 0.5)), betas=(draw(unit), draw(unit)), eps=draw(st.floats(1e-10, 1e-2)),
-                weight_decay=draw(st.floats(0.0, 0.5)), amsgrad=draw(st.booleans()), maximize=draw(st.booleans()))
-
-
-@st.composite
-def sgd_settings(draw):
-    momentum = draw(st.sampled_from([0.0, draw(st.floats(0.0, 0.99))]))
-    nesterov = momentum > 0 and draw(st.booleans())
-    return dict(lr=draw(st.floats(1e-4, 0.5)), momentum=momentum,
-                dampening=0.0 if nesterov else draw(st.floats(0.0, 0.9)), weight_decay=draw(st.floats(0.0, 0.5)),
-                nesterov=nesterov, maximize=draw(st.booleans()))
 
 
 def run_against_reference(optimizer, kwargs, backend, device, shape_list, dtype, seed):
@@ -50,24 +34,16 @@ def run_against_reference(optimizer, kwargs, backend, device, shape_list, dtype,
             torch.testing.assert_close(fast.state[p][key], value, rtol=1e-5, atol=1e-6)
 
 
-def property_test(pair, strategy, optimizers):
+@pytest.mark.parametrize("info", [i for i in OPTIMIZERS if i.random_kwargs is not None], ids=info_id)
+@pytest.mark.parametrize("pair", FAST, ids=lambda p: f"{p[0]}-{p[1]}")
+def test_random_settings(pair, info):
     backend, device = pair
+    dtypes = [d for d in (torch.float32, torch.float64) if d in info.dtypes]
 
     @settings(max_examples=EXAMPLES[backend], deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(shape_list=shapes, kwargs=strategy, optimizer=st.sampled_from(optimizers),
-           dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
-    def check(shape_list, kwargs, optimizer, dtype, seed):
-        run_against_reference(optimizer, kwargs, backend, device, shape_list, dtype, seed)
+    @given(shape_list=shapes, kwargs=info.random_kwargs, dtype=st.sampled_from(dtypes), seed=st.integers(0, 2**16))
+    def check(shape_list, kwargs, dtype, seed):
+        run_against_reference(info.fused, kwargs, backend, device, shape_list, dtype, seed)
 
     require_backend(backend, device)
     check()
-
-
-@pytest.mark.parametrize("pair", FAST, ids=lambda p: f"{p[0]}-{p[1]}")
-def test_adam_random_settings(pair):
-    property_test(pair, adam_settings(), [fo.Adam, fo.AdamW])
-
-
-@pytest.mark.parametrize("pair", FAST, ids=lambda p: f"{p[0]}-{p[1]}")
-def test_sgd_random_settings(pair):
-    property_test(pair, sgd_settings(), [fo.SGD])

@@ -221,3 +221,78 @@ def test_compiled_training_step(backend_device):
         torch.testing.assert_close(compiled(x), eager(x))
     for p, q in zip(compiled_model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def _count_uploads(monkeypatch):
+    import fused_optim.triton.optim as triton_optim
+
+    copies = []
+    original = triton_optim.upload
+
+    def counting(table, device):
+        copies.append(table.numel())
+        return original(table, device)
+
+    monkeypatch.setattr(triton_optim, "upload", counting)
+    return copies
+
+
+@pytest.mark.parametrize("cls, kwargs", [(fo.Adam, dict(amsgrad=True)), (fo.SGD, dict(momentum=0.9)),
+                                         (fo.AdamW, dict(max_grad_norm=1.0))], ids=["Adam", "SGD", "AdamW-clip"])
+def test_triton_steady_state_copies_nothing_to_the_device(cls, kwargs, monkeypatch):
+    """The launch table stays on the device: after the first step, steps with the same gradient
+    buffers and hyperparameters copy nothing; a scheduler's new lr rewrites only the header."""
+    from conftest import TRITON_DEVICE, require_backend
+
+    require_backend("triton", TRITON_DEVICE)
+    copies = _count_uploads(monkeypatch)
+    params = [torch.nn.Parameter(torch.randn(n, device=TRITON_DEVICE)) for n in (300, 7)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = cls(params, lr=0.01, backend="triton", **kwargs)
+    opt.step()
+    first = len(copies)
+    for _ in range(3):
+        for p in params:
+            p.grad.copy_(torch.randn_like(p))  # the same buffers, new values
+        opt.step()
+    assert len(copies) == first
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    scheduler.step()
+    opt.step()
+    assert copies[first:] == [8]  # the header's 8 words, nothing else
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cls, kwargs", [(fo.Adam, {}), (fo.SGD, dict(momentum=0.9)), (fo.RMSprop, dict(centered=True))],
+                         ids=["Adam", "SGD", "RMSprop"])
+def test_cuda_graph_capture_of_the_step(cls, kwargs):
+    """capturable=True: the step captured with torch.cuda.graph and replayed gives the eager results."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in (70000, 4096, 3)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    grads = [[torch.randn_like(p) for p in params] for _ in range(4)]
+    for p, q, g in zip(params, twins, grads[0]):
+        p.grad, q.grad = g.clone(), g.clone()
+    opt = cls(params, lr=0.01, capturable=True, **kwargs) if cls is not fo.SGD else cls(params, lr=0.01, **kwargs)
+    eager = cls(twins, lr=0.01, **kwargs)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):  # warm-up: kernels compiled, state created, tables on the device
+            opt.step()
+            eager.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for step_grads in grads:
+        for p, q, g in zip(params, twins, step_grads):
+            p.grad.copy_(g)
+            q.grad.copy_(g)
+        graph.replay()
+        eager.step()
+    torch.cuda.synchronize()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q)

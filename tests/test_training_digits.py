@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-import fused_optim as fo
+from optim_db import config_id, configs_for
 
 
 def digits(device):
@@ -35,23 +35,14 @@ def train(make_optimizer, device, epochs):
     return accuracy, loss, [p.detach().clone() for p in model.parameters()]
 
 
-OPTIMIZERS = [
-    ("SGD", lambda backend: lambda ps: fo.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, backend=backend),
-     lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, foreach=False)),
-    ("Adam", lambda backend: lambda ps: fo.Adam(ps, lr=3e-3, backend=backend),
-     lambda ps: torch.optim.Adam(ps, lr=3e-3, foreach=False)),
-    ("AdamW", lambda backend: lambda ps: fo.AdamW(ps, lr=3e-3, weight_decay=0.05, amsgrad=True, backend=backend),
-     lambda ps: torch.optim.AdamW(ps, lr=3e-3, weight_decay=0.05, amsgrad=True, foreach=False)),
-]
-
-
-@pytest.mark.parametrize("name,fused,reference", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
-def test_digits_same_accuracy_as_torch(name, fused, reference, backend_device):
+@pytest.mark.parametrize("config", configs_for("training"), ids=config_id)
+def test_digits_same_accuracy_as_torch(config, backend_device):
     backend, device = backend_device
     epochs = 3 if backend == "triton" and device == "cpu" else 10  # the interpreter is slow
-    accuracy, loss, params = train(fused(backend), device, epochs)
-    torch_accuracy, torch_loss, torch_params = train(reference, device, epochs)
-    assert accuracy > 0.85, f"{name} did not learn: test accuracy {accuracy:.3f}"
+    accuracy, loss, params = train(lambda ps: config.fused(ps, backend=backend, **config.kwargs), device, epochs)
+    torch_accuracy, torch_loss, torch_params = train(lambda ps: config.torch(ps, foreach=False, **config.kwargs), device,
+                                                     epochs)
+    assert accuracy > 0.85, f"{config.id} did not learn: test accuracy {accuracy:.3f}"
     assert abs(accuracy - torch_accuracy) <= 1 / 397, (accuracy, torch_accuracy)  # at most one test digit apart
     assert loss == pytest.approx(torch_loss, rel=1e-3)
     for p, q in zip(params, torch_params):

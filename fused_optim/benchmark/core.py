@@ -34,7 +34,8 @@ class Target:
 
     workload: str
     provider: str
-    #: "pct_of_copy": % of the measured copy bandwidth; "speedup_vs": time of ``against`` / time
+    #: "pct_of_copy": % of the measured copy bandwidth; "speedup_vs": time of ``against`` / time;
+    #: "speedup_vs_torch_best": time of the fastest torch provider / time
     metric: str
     threshold: float
     against: Optional[str] = None
@@ -44,6 +45,8 @@ class Target:
     def describe(self):
         if self.metric == "pct_of_copy":
             goal = f">= {self.threshold:g}% of copy bandwidth"
+        elif self.metric == "speedup_vs_torch_best":
+            goal = f">= {self.threshold:g}x faster than torch's fastest"
         else:
             goal = f">= {self.threshold:g}x faster than {self.against}"
         return f"{self.provider} on {self.workload} ({self.dtype}): {goal}"
@@ -86,6 +89,8 @@ class Op:
     #: check(device, dtype) -> [CheckResult]
     check: Callable
     targets: Tuple[Target, ...] = ()
+    #: run when no --op is given (False: by name only)
+    default: bool = True
 
 
 def fused_reason(backend, device_type):

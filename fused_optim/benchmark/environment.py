@@ -45,6 +45,27 @@ def _cpuinfo():
     return model, simd
 
 
+def _parse_size(text):
+    """'32768K' / '1M' / '512' (sysfs cache sizes) -> bytes."""
+    text = text.strip().upper()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+def last_level_cache_bytes():
+    """The size of the CPU's largest cache (Linux sysfs), or None when unknown."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    sizes = []
+    try:
+        for entry in os.listdir(root):
+            if entry.startswith("index"):
+                with open(os.path.join(root, entry, "size")) as f:
+                    sizes.append(_parse_size(f.read()))
+    except (OSError, ValueError):
+        return None
+    return max(sizes) if sizes else None
+
+
 def usable_cores():
     try:
         return len(os.sched_getaffinity(0))
@@ -140,6 +161,7 @@ def cuda_devices():
             "capability": f"{props.major}.{props.minor}",
             "memory_gib": round(props.total_memory / 2**30, 1),
             "multiprocessors": props.multi_processor_count,
+            "l2_cache_bytes": getattr(props, "L2_cache_size", None),
         })
     return devices
 
@@ -170,6 +192,7 @@ def environment():
             "usable_cores": usable_cores(),
             "torch_threads": torch.get_num_threads(),
             "simd": simd,
+            "last_level_cache_bytes": last_level_cache_bytes(),
             "load_average": load_average(),
         },
         "cuda": {

@@ -1,5 +1,8 @@
-"""LayerNorm and BatchNorm2d in the op table: forward + backward of fused_optim's modules against
-torch's native modules (cuDNN on CUDA for BatchNorm)."""
+"""LayerNorm and BatchNorm2d in the op table: forward + backward (and, as the ``-fwd`` ops, the
+forward alone) of fused_optim's modules against torch's native modules (cuDNN on CUDA for
+BatchNorm)."""
+
+import dataclasses
 
 import torch
 
@@ -36,6 +39,17 @@ def _forward_backward(module, inputs):
     return step
 
 
+def _forward(module, inputs):
+    """One timed call: the forward alone, without autograd (inference, or the forward share of a step)."""
+    x = inputs.x.detach()
+
+    def step():
+        with torch.no_grad():
+            return module(x)
+
+    return step
+
+
 def _module(make, inputs):
     module = make().to(device=inputs.x.device, dtype=inputs.x.dtype)
     with torch.no_grad():
@@ -44,15 +58,15 @@ def _module(make, inputs):
     return module
 
 
-def norm_providers(fused_class, torch_class, features_of, device, dtype):
+def norm_providers(fused_class, torch_class, features_of, device, dtype, timed=_forward_backward):
+    """``timed(module, inputs)``: the call each provider times (_forward_backward or _forward)."""
     device = torch.device(device)
 
     def fused(backend):
-        return lambda inputs: _forward_backward(
-            _module(lambda: fused_class(features_of(inputs), backend=backend), inputs), inputs)
+        return lambda inputs: timed(_module(lambda: fused_class(features_of(inputs), backend=backend), inputs), inputs)
 
     def native(inputs):
-        return _forward_backward(_module(lambda: torch_class(features_of(inputs)), inputs), inputs)
+        return timed(_module(lambda: torch_class(features_of(inputs)), inputs), inputs)
 
     providers = [Provider(f"fused_optim {b}", "fused_optim", fused(b), fused_reason(b, device.type)) for b in FAST_BACKENDS]
     providers.append(Provider("torch native", "torch", native))
@@ -155,4 +169,24 @@ def batch_norm_op(channels_last):
     )
 
 
-NORM_OPS = (LAYER_NORM_OP, batch_norm_op(False), batch_norm_op(True))
+def forward_op(op, bytes_per_element, fused_class, torch_class, features_of):
+    """``op`` timing the forward alone (in training mode for BatchNorm: batch statistics, running
+    statistics updated), run by name only; checked as ``op`` is, whose check covers the forward's
+    output."""
+    name = f"{op.name}-fwd"
+    return dataclasses.replace(
+        op, name=name, check=lambda device, dtype: [dataclasses.replace(r, op=name) for r in op.check(device, dtype)], summary=op.summary.replace("forward + backward", "forward"),
+        bytes_per_element=bytes_per_element, memory_per_element=lambda dtype: 3 * traffic.element_size(dtype),
+        providers=lambda device, dtype: norm_providers(fused_class, torch_class, features_of, device, dtype, _forward),
+        targets=(), default=False,
+    )
+
+
+BATCH_NORM_OPS = (batch_norm_op(False), batch_norm_op(True))
+NORM_OPS = (
+    LAYER_NORM_OP,
+    forward_op(LAYER_NORM_OP, traffic.layer_norm_forward, fo_norm.LayerNorm, torch.nn.LayerNorm, _features_last),
+    *BATCH_NORM_OPS,
+    *(forward_op(op, traffic.batch_norm_forward, fo_norm.BatchNorm2d, torch.nn.BatchNorm2d, _channels)
+      for op in BATCH_NORM_OPS),
+)

@@ -153,14 +153,32 @@ STEP_TARGETS = (
 BANDWIDTH_TARGETS = (Target("1b", "fused_optim triton", "pct_of_copy", 90.0),)
 
 
-def cpu_step_targets(large):
-    """On the CPU, fused_optim's C++ step against torch's fused: ``large`` on one big tensor, 4x on
-    weights and biases, 5x on a thousand small tensors."""
-    return tuple(Target(w, "fused_optim cpp", "speedup_vs", x, against="torch fused", device_type="cpu")
+def cpu_step_targets(large, against="torch fused"):
+    """On the CPU, fused_optim's C++ step against torch's fused (``against`` None: torch's fastest
+    provider): ``large`` on one big tensor, 4x on weights and biases, 5x on a thousand small tensors."""
+    metric = "speedup_vs" if against else "speedup_vs_torch_best"
+    return tuple(Target(w, "fused_optim cpp", metric, x, against=against, device_type="cpu")
                  for w, x in (("large", large), ("mixed", 4.0), ("tiny", 5.0)))
 
 
-def optimizer_op(name, summary, fo_class, torch_class, config, n_state, check_configs, targets):
+def state_tensors(torch_class, config):
+    """The state tensors per parameter that a step of ``torch_class`` with ``config`` reads and
+    writes: the optimizers' byte model (see traffic.optimizer_step)."""
+    name = torch_class.__name__
+    if name == "SGD":
+        return 1 if config.get("momentum") else 0
+    if name in ("Adam", "AdamW"):
+        return 3 if config.get("amsgrad") else 2
+    if name == "RMSprop":  # square_avg, momentum_buffer, grad_avg
+        return 1 + bool(config.get("momentum")) + bool(config.get("centered"))
+    if name == "Adagrad":  # sum
+        return 1
+    raise ValueError(f"no byte model for {name}")
+
+
+def optimizer_op(name, summary, fo_class, torch_class, config, check_configs, targets):
+    n_state = state_tensors(torch_class, config)
+
     def memory_per_element(dtype):
         param = traffic.element_size(dtype)
         return 2 * param + n_state * traffic.element_size(state_dtype(dtype))
@@ -210,22 +228,51 @@ ADAM_CLIP_CHECKS = [dict(lr=1e-2, max_grad_norm=0.5), dict(lr=1e-2, weight_decay
 def adam_clip_op():
     op = optimizer_op(
         "adam_clip", "Adam with clipping to norm 1.0: max_grad_norm vs clip_grad_norm_ + step", fo_optim.Adam,
-        torch.optim.Adam, ADAM_CLIP_CONFIG, n_state=2, check_configs=ADAM_CLIP_CHECKS,
+        torch.optim.Adam, ADAM_CLIP_CONFIG, check_configs=ADAM_CLIP_CHECKS,
         targets=(Target("mixed", "fused_optim cpp", "speedup_vs", 3.0, against="torch clip + fused", device_type="cpu"),),
     )
     # torch.optim has no max_grad_norm: the backends are checked against the reference alone
     check = functools.partial(check_optimizer, op.name, fo_optim.Adam, torch.optim.Adam, ADAM_CLIP_CHECKS,
                               with_torch=False)
     return dataclasses.replace(
-        op, workloads=("mixed", "resnet50", "gpt2"), bytes_per_element=lambda dtype: traffic.clipped_optimizer_step(dtype, 2),
+        op, workloads=("mixed", "resnet50", "gpt2"),
+        bytes_per_element=lambda dtype: traffic.clipped_optimizer_step(dtype, state_tensors(torch.optim.Adam, ADAM_CLIP_CONFIG)),
         providers=adam_clip_providers, check=check)
+
+
+def later_optimizer_ops():
+    """RMSprop and Adagrad, once fused_optim has them: plain RMSprop (20 B/element in float32; +8
+    with momentum, +8 centered) against torch's fastest (it has no fused one), Adagrad (20 B)
+    against torch's fused=True (which runs on the CPU)."""
+    ops = []
+    if hasattr(fo_optim, "RMSprop"):
+        ops.append(optimizer_op(
+            "rmsprop", "RMSprop", fo_optim.RMSprop, torch.optim.RMSprop, dict(lr=1e-3),
+            check_configs=[
+                dict(lr=1e-2),
+                dict(lr=1e-2, momentum=0.9, weight_decay=0.01),
+                dict(lr=1e-2, alpha=0.9, centered=True, momentum=0.5, maximize=True),
+            ],
+            targets=cpu_step_targets(1.1, against=None),
+        ))
+    if hasattr(fo_optim, "Adagrad"):
+        ops.append(optimizer_op(
+            "adagrad", "Adagrad", fo_optim.Adagrad, torch.optim.Adagrad, dict(lr=1e-2),
+            check_configs=[
+                dict(lr=1e-2),
+                dict(lr=1e-2, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
+                dict(lr=1e-2, eps=1e-6, maximize=True),
+            ],
+            targets=cpu_step_targets(1.1),
+        ))
+    return ops
 
 
 OPS = {
     op.name: op
     for op in [
         optimizer_op(
-            "sgd", "SGD, momentum 0.9", fo_optim.SGD, torch.optim.SGD, dict(lr=1e-3, momentum=0.9), n_state=1,
+            "sgd", "SGD, momentum 0.9", fo_optim.SGD, torch.optim.SGD, dict(lr=1e-3, momentum=0.9),
             check_configs=[
                 dict(lr=0.1),
                 dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01),
@@ -235,7 +282,7 @@ OPS = {
             targets=STEP_TARGETS + cpu_step_targets(1.0),
         ),
         optimizer_op(
-            "adam", "Adam", fo_optim.Adam, torch.optim.Adam, dict(lr=1e-3), n_state=2,
+            "adam", "Adam", fo_optim.Adam, torch.optim.Adam, dict(lr=1e-3),
             check_configs=[
                 dict(lr=1e-2),
                 dict(lr=1e-2, weight_decay=0.01, amsgrad=True),
@@ -245,7 +292,6 @@ OPS = {
         ),
         optimizer_op(
             "adamw", "AdamW, weight decay 0.01", fo_optim.AdamW, torch.optim.AdamW, dict(lr=1e-3, weight_decay=0.01),
-            n_state=2,
             check_configs=[
                 dict(lr=1e-2),
                 dict(lr=1e-2, weight_decay=0.1, amsgrad=True),
@@ -253,6 +299,7 @@ OPS = {
             ],
             targets=BANDWIDTH_TARGETS + STEP_TARGETS + cpu_step_targets(1.1),
         ),
+        *later_optimizer_ops(),
         adam_clip_op(),
         CLIP_OP,
         *NORM_OPS,

@@ -70,6 +70,8 @@ def case_table(rows, op_summary):
     title = (f"{first['op']} ({op_summary}) · {first['workload']}: {first['tensors']} tensors, "
              f"{human_count(first['elements'])} elements · {first['dtype']} · {per_element:g} B/element, "
              f"{human_bytes(first['bytes_per_step'])}/step")
+    if first.get("timing") == "cold":
+        title += " · cold: each step after work that evicts the caches"
     lines = [title, f"  {'provider':<20} {'median':>10} {'IQR':>7} {'GB/s':>8} {'% copy':>7} {'vs torch best':>14}"]
     for row in rows:
         if row["available"]:
@@ -177,9 +179,10 @@ def write_plot(path, results, title):
     import matplotlib.ticker
 
     timed = [r for r in results if r["available"] and r["speedup_vs_torch_best"] is not None]
-    cases = list(dict.fromkeys((r["op"], r["workload"], r["dtype"]) for r in timed))
+    cases = list(dict.fromkeys((r["op"], r["workload"], r["dtype"], r["timing"]) for r in timed))
     providers = list(dict.fromkeys(r["provider"] for r in timed))
-    by_key = {(r["op"], r["workload"], r["dtype"], r["provider"]): r["speedup_vs_torch_best"] for r in timed}
+    by_key = {(r["op"], r["workload"], r["dtype"], r["timing"], r["provider"]): r["speedup_vs_torch_best"]
+              for r in timed}
     figure, axes = plt.subplots(figsize=(min(16.0, 3.0 + 0.6 * len(cases) * max(1.0, len(providers) / 4)), 4.5))
     width = 0.8 / max(len(providers), 1)
     for index, provider in enumerate(providers):
@@ -189,7 +192,8 @@ def write_plot(path, results, title):
     axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}x"))
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_xticks([c + 0.4 - width / 2 for c in range(len(cases))])
-    axes.set_xticklabels([f"{op}\n{workload}\n{dtype}" for op, workload, dtype in cases], fontsize=8)
+    axes.set_xticklabels([f"{op}\n{workload}\n{dtype}" + ("\ncold" if mode == "cold" else "")
+                          for op, workload, dtype, mode in cases], fontsize=8)
     axes.set_ylabel("speedup over torch's best")
     axes.set_title(title, fontsize=9)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -19,7 +19,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 #: the fields of a result row, in the order of the CSV columns (documented in the README)
 RESULT_FIELDS = (
-    "op", "workload", "dtype", "device", "tensors", "elements", "bytes_per_step", "provider", "family", "available",
+    "op", "workload", "dtype", "device", "timing", "tensors", "elements", "bytes_per_step", "provider", "family", "available",
     "reason", "median_s", "q1_s", "q3_s", "min_s", "max_s", "iqr_pct", "samples", "calls_per_sample", "gbps",
     "pct_of_copy", "speedup_vs_torch_best", "torch_best",
 )
@@ -73,6 +73,11 @@ class InputCache:
         gc.collect()
 
 
+def default_ops():
+    """The ops a run without --op times (the others only by name)."""
+    return [name for name, op in OPS.items() if op.default]
+
+
 def default_workloads(device_type):
     return [name for name, w in workloads.WORKLOADS.items() if device_type in w.default_on]
 
@@ -84,10 +89,14 @@ def copy_bytes(device_type, quick):
     return 2**30 if device_type == "cuda" else 256 * 2**20
 
 
-def _row(case, device, shapes, bytes_per_step, provider, reason=None, stats=None):
+#: the timing modes: steps back to back, or each after work that evicts the caches (--cold)
+WARM, COLD = "warm", "cold"
+
+
+def _row(case, device, shapes, bytes_per_step, provider, reason=None, stats=None, mode=WARM):
     row = dict.fromkeys(RESULT_FIELDS)
     row.update(
-        op=case.op, workload=case.workload, dtype=case.dtype, device=str(device), tensors=len(shapes),
+        op=case.op, workload=case.workload, dtype=case.dtype, device=str(device), timing=mode, tensors=len(shapes),
         elements=workloads.numel(shapes), bytes_per_step=bytes_per_step, provider=provider.name,
         family=provider.family, available=stats is not None, reason=reason,
     )
@@ -111,10 +120,12 @@ def _free(device):
         torch.cuda.empty_cache()
 
 
-def run_case(case, device, quick, include_reference, settings, copy_gbps, on_round=None, inputs=None):
+def run_case(case, device, quick, include_reference, settings, copy_gbps, on_round=None, inputs=None, evict=None):
     """Time every provider of one case; returns its result rows (unavailable providers included).
 
     ``inputs``: an InputCache shared by the cases of a run (else the inputs are made here).
+    ``evict``: a timing.CacheEvictor: the providers are also timed cold, each step after it; the
+    warm rows come first, then the cold ones.
     """
     op = OPS[case.op]
     dtype = DTYPES[case.dtype]
@@ -122,6 +133,7 @@ def run_case(case, device, quick, include_reference, settings, copy_gbps, on_rou
     elements = workloads.numel(shapes)
     bytes_per_step = elements * op.bytes_per_element(dtype)
     providers = op.providers(device, dtype)
+    modes = (WARM, COLD) if evict is not None else (WARM,)
     rows = {}
     runnable = []
     for provider in providers:
@@ -158,51 +170,75 @@ def run_case(case, device, quick, include_reference, settings, copy_gbps, on_rou
                 fns.pop(provider.name, None)
                 rows[provider.name] = _row(case, device, shapes, bytes_per_step, provider, f"failed: {first_line(error)}")
         del shared
+    stats = {}
     try:
-        stats = timing.measure(fns, clock, settings, on_round, first_call_s)
+        for index, mode in enumerate(modes):
+            def progress(done, planned, index=index):
+                if on_round:
+                    on_round(index * planned + done, len(modes) * planned)
+
+            stats[mode] = timing.measure(fns, clock, settings, progress, first_call_s,
+                                         evict=evict if mode == COLD else None)
     finally:
         fns.clear()  # the providers' copies and state: give the memory back before the next case
         _free(device)
-    for provider in runnable:
-        if provider.name in stats:
-            rows[provider.name] = _row(case, device, shapes, bytes_per_step, provider, stats=stats[provider.name])
-    torch_times = {r["provider"]: r["median_s"] for r in rows.values() if r["family"] == "torch" and r["available"]}
+    ordered = []
+    for mode in modes:
+        mode_rows = {}
+        for provider in providers:
+            if provider.name in stats[mode]:
+                mode_rows[provider.name] = _row(case, device, shapes, bytes_per_step, provider,
+                                                stats=stats[mode][provider.name], mode=mode)
+            else:
+                mode_rows[provider.name] = dict(rows[provider.name], timing=mode)
+        ordered.extend(_rank([mode_rows[p.name] for p in providers], copy_gbps))
+    return ordered
+
+
+def _rank(rows, copy_gbps):
+    """Fills in % of copy bandwidth and the speedup over the fastest torch provider of ``rows``."""
+    torch_times = {r["provider"]: r["median_s"] for r in rows if r["family"] == "torch" and r["available"]}
     best = min(torch_times, key=torch_times.get) if torch_times else None
-    ordered = [rows[p.name] for p in providers]
-    for row in ordered:
+    for row in rows:
         if row["available"]:
             row["pct_of_copy"] = 100.0 * row["gbps"] / copy_gbps if copy_gbps else None
             if best is not None:
                 row["torch_best"] = best
                 row["speedup_vs_torch_best"] = torch_times[best] / row["median_s"]
-    return ordered
+    return rows
 
 
 def evaluate_targets(cases, results, device):
-    """The ops' targets for this device type that this run measured, each with its verdict."""
+    """The ops' targets for this device type that this run measured, each with its verdict, per
+    timing mode measured (the targets hold in both)."""
     verdicts = []
-    found = {(r["op"], r["workload"], r["dtype"], r["provider"]): r for r in results}
+    found = {(r["op"], r["workload"], r["dtype"], r.get("timing", WARM), r["provider"]): r for r in results}
     ran = {(c.op, c.workload, c.dtype) for c in cases}
+    modes = [m for m in (WARM, COLD) if any(r.get("timing", WARM) == m for r in results)]
     for op_name in dict.fromkeys(c.op for c in cases):
         for target in OPS[op_name].targets:
             if target.device_type != device.type or (op_name, target.workload, target.dtype) not in ran:
                 continue
-            row = found.get((op_name, target.workload, target.dtype, target.provider))
-            value = None
-            if row is not None and row["available"]:
-                if target.metric == "pct_of_copy":
-                    value = row["pct_of_copy"]
-                else:
-                    other = found.get((op_name, target.workload, target.dtype, target.against))
-                    if other is not None and other["available"]:
-                        value = other["median_s"] / row["median_s"]
-            verdicts.append({
-                "op": op_name, "workload": target.workload, "dtype": target.dtype, "provider": target.provider,
-                "metric": target.metric, "against": target.against, "threshold": target.threshold,
-                "value": value, "met": None if value is None else value >= target.threshold,
-                "median_s": row["median_s"] if row is not None and row["available"] else None,
-                "description": f"{op_name}: {target.describe()}",
-            })
+            for mode in modes:
+                row = found.get((op_name, target.workload, target.dtype, mode, target.provider))
+                value = None
+                if row is not None and row["available"]:
+                    if target.metric == "pct_of_copy":
+                        value = row["pct_of_copy"]
+                    elif target.metric == "speedup_vs_torch_best":
+                        value = row["speedup_vs_torch_best"]
+                    else:
+                        other = found.get((op_name, target.workload, target.dtype, mode, target.against))
+                        if other is not None and other["available"]:
+                            value = other["median_s"] / row["median_s"]
+                verdicts.append({
+                    "op": op_name, "workload": target.workload, "dtype": target.dtype, "timing": mode,
+                    "provider": target.provider, "metric": target.metric, "against": target.against,
+                    "threshold": target.threshold, "value": value,
+                    "met": None if value is None else value >= target.threshold,
+                    "median_s": row["median_s"] if row is not None and row["available"] else None,
+                    "description": f"{op_name}: {target.describe()}" + (" (cold)" if mode == COLD else ""),
+                })
     return verdicts
 
 

@@ -7,6 +7,11 @@ to round, so a slow phase of a shared machine hits all providers alike. A sample
 back-to-back calls to last ``min_sample_s`` (on CUDA, between two events, so queued kernels are
 counted, host overhead included when it is the bottleneck). Reported: the median, quartiles and
 extremes of the per-call times.
+
+Back to back, a step finds the metadata of its tensors (and small tensors' data) still in the
+caches from the previous call. In training it follows a forward and backward pass that has
+evicted them: the cold mode (``measure(..., evict=CacheEvictor(...))``) times one call per sample,
+each after untimed work that streams through a buffer larger than the caches.
 """
 
 import dataclasses
@@ -81,6 +86,37 @@ class Clock:
         return (time.perf_counter() - start) / calls
 
 
+#: bytes streamed between cold samples at least (and when the cache sizes are unknown)
+MIN_EVICT_BYTES = 64 * 2**20
+
+
+class CacheEvictor:
+    """Untimed work that leaves the caches holding none of a step's data or metadata.
+
+    Each call reads and writes a CPU buffer of twice the last-level cache (at least
+    MIN_EVICT_BYTES), and on CUDA also a device buffer of twice the GPU's L2 cache, then waits
+    for the device: the next timed call starts cold, as a step does after a backward pass.
+    """
+
+    def __init__(self, device, cpu_cache_bytes=None, gpu_cache_bytes=None):
+        device = torch.device(device)
+        self.cpu = torch.zeros(max(2 * (cpu_cache_bytes or 0), MIN_EVICT_BYTES) // 4)
+        self.gpu = None
+        if device.type == "cuda":
+            self.gpu = torch.zeros(max(2 * (gpu_cache_bytes or 0), MIN_EVICT_BYTES) // 4, device=device)
+        self.clock = Clock(device)
+
+    @property
+    def nbytes(self):
+        return self.cpu.nbytes + (self.gpu.nbytes if self.gpu is not None else 0)
+
+    def __call__(self):
+        self.cpu.add_(1.0)
+        if self.gpu is not None:
+            self.gpu.add_(1.0)
+        self.clock.sync()
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """How long to measure one case (all its providers together).
@@ -115,13 +151,14 @@ class Settings:
         return rounds >= self.slow_rounds and elapsed >= self.slow_case_s
 
 
-def measure(fns, clock, settings, on_round=None, first_call_s=None):
+def measure(fns, clock, settings, on_round=None, first_call_s=None, evict=None):
     """Time every function of ``fns`` ({name: fn}, each already called once); returns {name: Stats}.
 
     ``first_call_s`` ({name: seconds}) may give the time of that first call: on a CPU, a
     function whose first call took ten samples' worth is timed one call per sample without
     another call to size it (on CUDA a first call may be mostly kernel compilation, so there
     every function is sized). ``on_round(done, planned)`` is called after each round.
+    ``evict`` (a CacheEvictor): the cold mode, one call per sample, each after ``evict()``.
     """
     if not fns:
         return {}
@@ -129,7 +166,8 @@ def measure(fns, clock, settings, on_round=None, first_call_s=None):
     calls = {}
     for name in names:
         fn = fns[name]
-        if not clock.cuda and (first_call_s or {}).get(name, 0.0) >= 10 * settings.min_sample_s:
+        slow_first_call = not clock.cuda and (first_call_s or {}).get(name, 0.0) >= 10 * settings.min_sample_s
+        if evict is not None or slow_first_call:
             calls[name] = 1
             continue
         clock.sync()
@@ -147,6 +185,8 @@ def measure(fns, clock, settings, on_round=None, first_call_s=None):
         for rounds in range(1, settings.max_rounds + 1):
             for offset in range(len(names)):
                 name = names[(rounds - 1 + offset) % len(names)]
+                if evict is not None:
+                    evict()
                 samples[name].append(clock.per_call(fns[name], calls[name]))
             elapsed = time.perf_counter() - started
             if on_round:

@@ -16,7 +16,11 @@ def element_size(dtype):
 
 
 def optimizer_step(param_dtype, n_state):
-    """Per parameter element: read param, grad and each state tensor; write param and each state."""
+    """Per parameter element: read param, grad and each state tensor; write param and each state.
+
+    float32: SGD with momentum (1 state tensor) 20 B, without 12 B; Adam/AdamW (2) 28 B, with
+    amsgrad (3) 36 B; RMSprop (square_avg; + momentum_buffer; + grad_avg when centered) 20, 28,
+    36 B; Adagrad (sum) 20 B."""
     param = element_size(param_dtype)
     state = element_size(state_dtype(param_dtype))
     return 3 * param + 2 * n_state * state
@@ -31,16 +35,6 @@ def low_precision_step(param_dtype, n_state, master_weights=None, requested_stat
     state = element_size(layout_state_dtype(param_dtype, requested_state))
     extra = {None: 0, "stochastic": 0, "fp32": 2 * 4, "kahan": 2 * param}[master_weights]
     return 3 * param + 2 * n_state * state + extra
-
-
-def adam(param_dtype, amsgrad=False):
-    """Adam/AdamW: state exp_avg, exp_avg_sq (and max_exp_avg_sq with amsgrad). float32: 28 B (36)."""
-    return optimizer_step(param_dtype, 3 if amsgrad else 2)
-
-
-def sgd(param_dtype, momentum):
-    """SGD: with momentum the buffer is read and written (float32: 20 B), without it 12 B."""
-    return optimizer_step(param_dtype, 1 if momentum else 0)
 
 
 def copy(nbytes):
@@ -63,7 +57,17 @@ def layer_norm(dtype):
     return 5 * element_size(dtype)
 
 
+def layer_norm_forward(dtype):
+    """LayerNorm forward: read x, write y (float32: 8 B)."""
+    return 2 * element_size(dtype)
+
+
 def batch_norm(dtype):
     """BatchNorm forward + backward in training: statistics (read x), normalize (read x, write y),
     the two per-channel sums (read dy, x), the input gradient (read dy, x, write dx): 32 B in float32."""
     return 8 * element_size(dtype)
+
+
+def batch_norm_forward(dtype):
+    """BatchNorm forward in training: statistics (read x), normalize (read x, write y): 12 B in float32."""
+    return 3 * element_size(dtype)

@@ -59,14 +59,14 @@ class _FusedBatchNorm(_BackendChoice):
         pass_running = not self.training or self.track_running_stats
         running_mean = self.running_mean if pass_running else None
         running_var = self.running_var if pass_running else None
-        backend = prepare_batch_norm(input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
-                                     self.backend)
+        prepared = prepare_batch_norm(input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
+                                      self.backend, self.eps)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
                 factor = 1.0 / float(self.num_batches_tracked)
-        return batch_norm_prepared(backend, input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
+        return batch_norm_prepared(prepared, input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
                                    factor, self.eps)
 
 

@@ -13,11 +13,14 @@ and ``rstd`` (the batch's in training, the running ones' otherwise) that the bac
 """
 
 import math
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from .. import _backend, _cpp
 from ..reference import norm as reference
+from . import _route
 
 PLANAR = "planar"
 CHANNELS_LAST = "channels_last"
@@ -84,7 +87,112 @@ def _from_layout(t, layout, shape):
 
 
 def _flat_compute(t, dtype):
-    return None if t is None else t.to(dtype).contiguous()
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.to(dtype).contiguous()
+
+
+def _kernel_forward(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, backend):
+    """(layout, x3, weight_c, y, mean, rstd) on a concrete backend, for non-empty x."""
+    forward, _ = _backend_functions(backend)
+    compute = reference.compute_dtype(x.dtype)
+    layout, x3 = _layout(x)
+    weight_c = _flat_compute(weight, compute)
+    # Kernels update the running statistics in place; odd strides are updated on a copy.
+    stats = [t if t is None or t.is_contiguous() else t.contiguous() for t in (running_mean, running_var)]
+    y3, mean, rstd = forward(x3, layout == CHANNELS_LAST, weight_c, _flat_compute(bias, compute), stats[0], stats[1],
+                             use_batch_stats, momentum, eps)
+    for original, updated in zip((running_mean, running_var), stats):
+        if use_batch_stats and updated is not original:
+            original.copy_(updated)
+    return layout, x3, weight_c, _from_layout(y3, layout, x.shape), mean, rstd
+
+
+def _kernel_backward(dy, x3, layout, shape, weight_c, mean, rstd, used_batch_stats, need, backend):
+    """(dx in x's layout, dweight, dbias in the compute dtype), None where not needed."""
+    _, backward = _backend_functions(backend)
+    dx, dweight, dbias = backward(_to_layout(dy, layout, shape), x3, layout == CHANNELS_LAST, weight_c, mean, rstd,
+                                  used_batch_stats, *need)
+    return (None if dx is None else _from_layout(dx, layout, shape)), dweight, dbias
+
+
+def _channel_view(t, ndim):
+    return t.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def batch_norm_composite(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, eps):
+    """The forward in differentiable torch ops; running statistics updated as the kernels do."""
+    c = reference.compute_dtype(x.dtype)
+    dims = [0] + list(range(2, x.dim()))
+    xf = x.to(c)
+    if use_batch_stats:
+        mean = xf.mean(dims)
+        centered = xf - _channel_view(mean, x.dim())
+        var = (centered * centered).mean(dims)
+        n = x.numel() // x.shape[1]
+        if n > 0:
+            with torch.no_grad():
+                if running_mean is not None:
+                    running_mean.copy_(((1 - momentum) * running_mean.to(c) + momentum * mean).to(running_mean.dtype))
+                if running_var is not None:
+                    unbiased = var * (n / (n - 1))
+                    running_var.copy_(((1 - momentum) * running_var.to(c) + momentum * unbiased).to(running_var.dtype))
+    else:
+        mean, var = running_mean.to(c), running_var.to(c)
+        centered = xf - _channel_view(mean, x.dim())
+    y = centered * _channel_view(torch.rsqrt(var + eps), x.dim())
+    if weight is not None:
+        y = y * _channel_view(weight.to(c), x.dim())
+    if bias is not None:
+        y = y + _channel_view(bias.to(c), x.dim())
+    return y.to(x.dtype)
+
+
+def _composite_backward(dy, x, weight, bias, mean, rstd, used_batch_stats, eps, need):
+    """(dx, dweight, dbias) in differentiable torch ops; batch statistics are recomputed from x,
+    running ones are the saved constants: the backward of a graph being built, and of batched
+    gradients."""
+    c = reference.compute_dtype(x.dtype)
+    dims = [0] + list(range(2, x.dim()))
+    xf, dyf = x.to(c), dy.to(c)
+    if used_batch_stats:
+        mean = xf.mean(dims)
+        centered = xf - _channel_view(mean, x.dim())
+        rstd = torch.rsqrt((centered * centered).mean(dims) + eps)
+    else:
+        centered = xf - _channel_view(mean, x.dim())
+    xhat = centered * _channel_view(rstd, x.dim())
+    dx = dweight = dbias = None
+    if need[0]:
+        scale = _channel_view(rstd * weight.to(c) if weight is not None else rstd, x.dim())
+        if used_batch_stats:
+            inner = (dyf - _channel_view(dyf.mean(dims), x.dim())
+                     - xhat * _channel_view((dyf * xhat).mean(dims), x.dim()))
+            dx = (scale * inner).to(x.dtype)
+        else:
+            dx = (scale * dyf).to(x.dtype)
+    if need[1]:
+        dweight = (dyf * xhat).sum(dims).to(weight.dtype)
+    if need[2]:
+        dbias = dyf.sum(dims).to(bias.dtype)
+    return dx, dweight, dbias
+
+
+def _to_parameter(grad, parameter):
+    return grad if grad is None or grad.dtype == parameter.dtype else grad.to(parameter.dtype)
+
+
+def _backward_path(dy):
+    """COMPOSITE when the backward must be built from differentiable ops (a graph being built, or
+    batched gradients), else the path for dy: FAST for plain tensors, OP in a trace."""
+    return _route.COMPOSITE if torch.is_grad_enabled() else _route.route(dy)
+
+
+def _empty_gradients(dy, weight, bias, need):
+    """torch's gradients for an empty batch: zeros."""
+    return (torch.zeros_like(dy) if need[0] else None,
+            torch.zeros_like(weight) if need[1] else None,
+            torch.zeros_like(bias) if need[2] else None)
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -93,49 +201,144 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, backend):
         ctx.empty = x.numel() == 0
+        ctx.meta = (backend, x.shape, use_batch_stats, eps)
         if ctx.empty:
             # As torch: an empty output, zero parameter gradients, running statistics untouched.
-            ctx.parameters = [None if p is None else (p.shape, p.dtype, p.device) for p in (weight, bias)]
+            ctx.save_for_backward(x, weight, bias)
             return torch.empty_like(x)
-        forward, _ = _backend_functions(backend)
-        compute = reference.compute_dtype(x.dtype)
-        layout, x3 = _layout(x)
-        weight_c = _flat_compute(weight, compute)
-        # Kernels update the running statistics in place; odd strides are updated on a copy.
-        stats = [t if t is None or t.is_contiguous() else t.contiguous() for t in (running_mean, running_var)]
-        y3, mean, rstd = forward(x3, layout == CHANNELS_LAST, weight_c, _flat_compute(bias, compute), stats[0],
-                                 stats[1], use_batch_stats, momentum, eps)
-        for original, updated in zip((running_mean, running_var), stats):
-            if use_batch_stats and updated is not original:
-                original.copy_(updated)
-        ctx.save_for_backward(x3, weight_c, mean, rstd)
-        ctx.meta = (backend, layout, x.shape, use_batch_stats)
-        ctx.weight_dtype = None if weight is None else weight.dtype
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return _from_layout(y3, layout, x.shape)
+        layout, x3, weight_c, y, mean, rstd = _kernel_forward(x, weight, bias, running_mean, running_var,
+                                                              use_batch_stats, momentum, eps, backend)
+        ctx.save_for_backward(x3, weight_c, mean, rstd, x, weight, bias)
+        ctx.layout = layout
+        return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
+        backend, shape, used_batch_stats, eps = ctx.meta
+        need = ctx.needs_input_grad[:3]
+        path = _backward_path(dy)
         if ctx.empty:
-            zeros = [None if p is None else torch.zeros(p[0], dtype=p[1], device=p[2]) for p in ctx.parameters]
-            return (torch.zeros_like(dy), *zeros, None, None, None, None, None, None)
-        x3, weight_c, mean, rstd = ctx.saved_tensors
-        backend, layout, shape, used_batch_stats = ctx.meta
-        _, backward = _backend_functions(backend)
-        need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
-        dx, dweight, dbias = backward(_to_layout(dy, layout, shape), x3, layout == CHANNELS_LAST, weight_c, mean,
-                                      rstd, used_batch_stats, need_dx, need_dweight, need_dbias)
-        if dx is not None:
-            dx = _from_layout(dx, layout, shape)
-        if dweight is not None:
-            dweight = dweight.to(ctx.weight_dtype)
-        if dbias is not None:
-            dbias = dbias.to(ctx.bias_dtype)
-        return dx, dweight, dbias, None, None, None, None, None, None
+            _, weight, bias = ctx.saved_tensors
+            grads = _empty_gradients(dy, weight, bias, need)
+        elif path != _route.FAST:
+            _, _, mean, rstd, x, weight, bias = ctx.saved_tensors
+            grads = _backward_on_path(path, dy, x, weight, bias, mean, rstd, used_batch_stats, eps, need, backend)
+        else:
+            x3, weight_c, mean, rstd, _, weight, bias = ctx.saved_tensors
+            dx, dweight, dbias = _kernel_backward(dy, x3, ctx.layout, shape, weight_c, mean, rstd, used_batch_stats,
+                                                  need, backend)
+            grads = (dx, _to_parameter(dweight, weight), _to_parameter(dbias, bias))
+        return (*grads, None, None, None, None, None, None)
 
 
-def check_batch_norm(input, running_mean, running_var, weight, bias, training):
+# torch.library ops: what torch.compile, torch.export and fake tensors see. The backend name is
+# resolved inside the real implementation, at run time, so nothing is loaded while tracing.
+
+def _fake_like_layout(x):
+    """An uninitialized tensor with the shape and strides the kernels give an output for x."""
+    layout, x3 = _layout(x)
+    return _from_layout(torch.empty_like(x3, memory_format=torch.contiguous_format), layout, x.shape)
+
+
+@torch.library.custom_op("fused_optim::batch_norm_forward", mutates_args=())
+def batch_norm_forward_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+                          running_var: Optional[Tensor], use_batch_stats: bool, momentum: float,
+                          eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, rstd, updated running_mean, updated running_var): y in the kernels' layout for x,
+    per-channel statistics in the compute dtype (NaN for an empty batch). The running statistics
+    are not changed: the kernels update copies, which the caller writes back (empty for None)."""
+    compute = reference.compute_dtype(x.dtype)
+    stats = [x.new_empty((0,)) if t is None else t.clone() for t in (running_mean, running_var)]
+    if x.numel() == 0:
+        nan = x.new_full((x.shape[1],), float("nan"), dtype=compute)
+        return _fake_like_layout(x), nan, nan.clone(), *stats
+    concrete = _backend.resolve(backend, x.device)
+    _, _, _, y, mean, rstd = _kernel_forward(x, weight, bias, *(None if t is None else s for t, s in
+                                                                 zip((running_mean, running_var), stats)),
+                                             use_batch_stats, momentum, eps, concrete)
+    return y, mean, rstd, *stats
+
+
+@batch_norm_forward_op.register_fake
+def _(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, backend):
+    compute = reference.compute_dtype(x.dtype)
+    stats = [x.new_empty((0,)) if t is None else torch.empty_like(t) for t in (running_mean, running_var)]
+    return (_fake_like_layout(x), x.new_empty((x.shape[1],), dtype=compute), x.new_empty((x.shape[1],), dtype=compute),
+            *stats)
+
+
+def batch_norm_op(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, backend):
+    """batch_norm through the registered op, the running statistics written back after it."""
+    y, _, _, new_mean, new_var = torch.ops.fused_optim.batch_norm_forward(x, weight, bias, running_mean, running_var,
+                                                                          use_batch_stats, momentum, eps, backend)
+    if use_batch_stats:
+        for running, updated in ((running_mean, new_mean), (running_var, new_var)):
+            if running is not None:
+                with torch.no_grad():
+                    running.copy_(updated)
+    return y
+
+
+@torch.library.custom_op("fused_optim::batch_norm_backward", mutates_args=())
+def batch_norm_backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+                           used_batch_stats: bool, need_dx: bool, need_dweight: bool, need_dbias: bool,
+                           backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx in the kernels' layout for x, dweight, dbias in the compute dtype); empty where not
+    needed, zeros for an empty batch."""
+    compute = reference.compute_dtype(x.dtype)
+    need = (need_dx, need_dweight, need_dbias)
+    channels = x.shape[1]
+    if x.numel() == 0:
+        dx, dweight, dbias = (_fake_like_layout(x).zero_(), x.new_zeros((channels,), dtype=compute),
+                              x.new_zeros((channels,), dtype=compute))
+    else:
+        concrete = _backend.resolve(backend, x.device)
+        layout, x3 = _layout(x)
+        dx, dweight, dbias = _kernel_backward(dy, x3, layout, x.shape, _flat_compute(weight, compute), mean, rstd,
+                                              used_batch_stats, need, concrete)
+    return (dx if need_dx else x.new_empty((0,)), dweight if need_dweight else x.new_empty((0,), dtype=compute),
+            dbias if need_dbias else x.new_empty((0,), dtype=compute))
+
+
+@batch_norm_backward_op.register_fake
+def _(dy, x, weight, mean, rstd, used_batch_stats, need_dx, need_dweight, need_dbias, backend):
+    compute = reference.compute_dtype(x.dtype)
+    channels = x.shape[1]
+    return (_fake_like_layout(x) if need_dx else x.new_empty((0,)),
+            x.new_empty((channels if need_dweight else 0,), dtype=compute),
+            x.new_empty((channels if need_dbias else 0,), dtype=compute))
+
+
+def _op_setup_context(ctx, inputs, output):
+    x, weight, bias, _, _, use_batch_stats, _, eps, backend = inputs
+    _, mean, rstd, new_mean, new_var = output
+    ctx.mark_non_differentiable(mean, rstd, new_mean, new_var)
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.meta = (use_batch_stats, eps, backend)
+
+
+def _backward_on_path(path, dy, x, weight, bias, mean, rstd, used_batch_stats, eps, need, backend):
+    """(dx, dweight, dbias) in differentiable ops (COMPOSITE) or through the registered op."""
+    if path == _route.COMPOSITE and x.numel() > 0:
+        return _composite_backward(dy, x, weight, bias, mean, rstd, used_batch_stats, eps, need)
+    dx, dweight, dbias = torch.ops.fused_optim.batch_norm_backward(dy, x, weight, mean, rstd, used_batch_stats, *need,
+                                                                   backend)
+    return (dx if need[0] else None, dweight.to(weight.dtype) if need[1] else None,
+            dbias.to(bias.dtype) if need[2] else None)
+
+
+def _op_backward(ctx, dy, *_):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    used_batch_stats, eps, backend = ctx.meta
+    path = _route.COMPOSITE if _backward_path(dy) == _route.COMPOSITE else _route.OP
+    return _backward_on_path(path, dy, x, weight, bias, mean, rstd, used_batch_stats, eps, ctx.needs_input_grad[:3],
+                             backend) + (None,) * 6
+
+
+batch_norm_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def check_batch_norm(input, running_mean, running_var, weight, bias, training, eps=1e-5):
     """Raise torch's error for arguments batch_norm rejects; changes nothing."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"batch_norm: input must be a tensor, got {type(input).__name__}")
@@ -161,24 +364,41 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, training):
         values_per_channel = input.shape[0] * math.prod(input.shape[2:])
         if values_per_channel == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+        if eps <= 0.0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     else:
+        if eps < 0.0:
+            raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
         if running_mean is None:
             raise RuntimeError("running_mean must be defined in evaluation mode")
         if running_var is None:
             raise RuntimeError("running_var must be defined in evaluation mode")
 
 
-def prepare_batch_norm(input, running_mean, running_var, weight, bias, training, backend):
-    """The concrete backend for a batch_norm call, after every check; raises before anything changes."""
+def prepare_batch_norm(input, running_mean, running_var, weight, bias, training, backend, eps=1e-5):
+    """(path, backend) for a batch_norm call, after every check; raises before anything changes.
+
+    The backend is resolved here, except in a trace (the compiled code resolves it when it runs)
+    and on the composite path, which needs none.
+    """
     name = _backend.validate_name(backend)
-    check_batch_norm(input, running_mean, running_var, weight, bias, training)
-    return _backend.resolve(name, input.device)
+    check_batch_norm(input, running_mean, running_var, weight, bias, training, eps)
+    path = _route.route(input, weight, bias, running_mean, running_var)
+    if path != _route.COMPOSITE and not torch.compiler.is_compiling():
+        name = _backend.resolve(name, input.device)
+    return path, name
 
 
-def batch_norm_prepared(backend, input, running_mean, running_var, weight, bias, training, momentum, eps):
-    """batch_norm on a concrete backend, for arguments ``prepare_batch_norm`` accepted."""
-    return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
-                                   float(eps), backend)
+def batch_norm_prepared(prepared, input, running_mean, running_var, weight, bias, training, momentum, eps):
+    """batch_norm on the path and backend ``prepare_batch_norm`` chose for these arguments."""
+    path, backend = prepared
+    training, momentum, eps = bool(training), float(momentum), float(eps)
+    if path == _route.FAST:
+        return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                                       backend)
+    if path == _route.OP:
+        return batch_norm_op(input, weight, bias, running_mean, running_var, training, momentum, eps, backend)
+    return batch_norm_composite(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5, *,
@@ -189,5 +409,5 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     statistics as they were. ``backend``: None ($FUSED_OPTIM_BACKEND, else "auto"), "auto",
     "reference", "cpp" or "triton".
     """
-    concrete = prepare_batch_norm(input, running_mean, running_var, weight, bias, training, backend)
-    return batch_norm_prepared(concrete, input, running_mean, running_var, weight, bias, training, momentum, eps)
+    prepared = prepare_batch_norm(input, running_mean, running_var, weight, bias, training, backend, eps)
+    return batch_norm_prepared(prepared, input, running_mean, running_var, weight, bias, training, momentum, eps)

@@ -4,12 +4,18 @@ All tensors on one device go to one implementation in a single pass each way: th
 norm, check and scale in one call; the Triton backend in one reduction launch per dtype, one
 finalize launch and one scale launch per dtype, with the clip factor kept on the device. Tensors
 on several devices, and norms without a power-sum form (order 0 or negative), take the reference.
+
+Only plain tensors reach a kernel (see ``_route``). DTensors and other subclasses take torch's own
+per-tensor formulas, so their dispatch gives what torch.nn.utils gives (for DTensors: the global
+norm as a DTensor, the gradients scaled shard by shard); traced calls (torch.compile) take the
+reference, which is plain torch ops.
 """
 
 import torch
 
 from .. import _backend, _cpp
 from ..reference import clip as reference
+from . import _route
 
 NONFINITE_MESSAGE = (
     "The total norm of order {} for gradients from `parameters` is non-finite, so it cannot be clipped. To "
@@ -34,6 +40,16 @@ def _triton_eligible(tensors, norm_type):
     return reference.is_power_norm(norm_type) and all(
         t.layout == torch.strided and (norm_type == 2 or not t.is_complex()) for t in tensors
     )
+
+
+def _all_plain(tensors):
+    return not torch.compiler.is_compiling() and all(_route.is_plain(t) for t in tensors)
+
+
+def _per_tensor_norm(tensors, norm_type):
+    """torch.nn.utils.get_total_norm's formula: the norm of the per-tensor norms."""
+    norms = [torch.linalg.vector_norm(t, norm_type) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack([n.to(tensors[0].device) for n in norms]), norm_type)
 
 
 def triton_groups(tensors):
@@ -86,16 +102,23 @@ def total_norm(tensors, norm_type, error_if_nonfinite, backend, max_norm=None, u
         tensors[0] if tensors else None)
     if first is None:
         return torch.tensor(0.0)
-    name = _backend.resolve(_backend.validate_name(backend), first.device)
-    if name == "cpp" and reference.is_power_norm(norm_type):
-        # None when some tensor is not a dense CPU float tensor: those take the reference below.
+    name = _backend.validate_name(backend)
+    plain_first = _all_plain([first])
+    if plain_first or (first.is_meta and not torch.compiler.is_compiling()):
+        name = _backend.resolve(name, first.device)  # an explicit backend that cannot run them is an error
+    if plain_first and name == "cpp" and reference.is_power_norm(norm_type):
+        # None when some tensor is not a plain dense CPU float tensor: those take the paths below.
         result = _cpp.get().clip_grad_norm(tensors, use_grads, max_norm, norm_type, error_if_nonfinite)
         if result is not None:
             return result
     selected = grads_of(tensors) if use_grads else tensors
-    if name == "triton" and _triton_eligible(selected, norm_type) and len({t.device for t in selected}) == 1:
+    plain = plain_first and _all_plain(selected)
+    if plain and name == "triton" and _triton_eligible(selected, norm_type) and len({t.device for t in selected}) == 1:
         return _clip_triton(selected, max_norm, norm_type, error_if_nonfinite)
-    total = reference.total_norm(selected, norm_type)
+    if plain or torch.compiler.is_compiling():
+        total = reference.total_norm(selected, norm_type)
+    else:
+        total = _per_tensor_norm(selected, norm_type)
     if error_if_nonfinite:
         _check_finite(total, norm_type)
     if max_norm is not None:
@@ -108,6 +131,9 @@ def clip_with_norm(grads, max_norm, total, backend):
     if not grads:
         return
     factor = reference.clip_coefficient(float(max_norm), total)
+    if not _all_plain(grads) or not _all_plain([factor]):
+        reference.scale_(grads, factor)
+        return
     name = _backend_for(grads, backend)
     if name == "cpp" and factor.device.type == "cpu":
         if _cpp.get().scale_checked(grads, False, float(factor)):
@@ -127,6 +153,9 @@ def clamp_(grads, clip_value, backend):
     if not grads:
         return
     low, high = -float(clip_value), float(clip_value)
+    if not _all_plain(grads):
+        reference.clamp_(grads, low, high)
+        return
     name = _backend_for(grads, backend)
     if name == "cpp" and _cpp.get().clamp_checked(grads, False, low, high):
         return

@@ -174,6 +174,7 @@ class TritonPlan(_Plan):
         self._kernels = importlib.import_module(f"..triton.{spec.name}", __package__)
         self.first = torch.zeros(len(params), dtype=torch.float32, device=self.device)
         self.counters = steps if steps is not None else self.first
+        self.table = triton_optim.LaunchTable(self.device)
         self._rows = None
 
     def scan(self):
@@ -187,14 +188,20 @@ class TritonPlan(_Plan):
     def _launch_rows(self):
         if self._rows is None:
             self._rows = self.book.launch_rows(self.counters.data_ptr())
+            if self._rows.shape[0]:
+                self.table.set_rows(self._rows)
         return self._rows
 
     def _dense_power_sum(self, norm_type):
-        return self._launcher.grad_power_sum_partials(self._launch_rows(), self.dtype, self.device, norm_type)
+        rows = self._launch_rows()
+        if rows.shape[0] == 0:
+            return torch.zeros(1, dtype=torch.float64, device=self.device)
+        return self._launcher.grad_power_sum_partials(self.table, rows, self.dtype, self.device, norm_type)
 
     def _update_dense(self, scalars, flags, grad_factor, found_inf):
         self._launcher.launch(
-            getattr(self._kernels, f"{self.spec.name}_kernel"), self._launch_rows(), self.dtype, self.device, scalars,
+            getattr(self._kernels, f"{self.spec.name}_kernel"), self.table, self._launch_rows(), self.dtype,
+            self.device, scalars,
             {name.upper(): int(value) for name, value in zip(self.spec.flags, flags)}, grad_factor, found_inf,
             advance=self.spec.counter,
         )

@@ -226,13 +226,15 @@ def norm_partials(tensor_list, partials, norm_type):
                        KIND=norm_kind(norm_type), ROW=ROW, PTR=0, NUMEL=1)
 
 
-def optimizer_grad_partials(rows, dtype, device, norm_type):
-    """Power sums, per chunk, of the gradients in an optimizer plan's launch rows (LaunchRow)."""
+def optimizer_grad_partials(rows, dtype, device, norm_type, device_rows=None):
+    """Power sums, per chunk, of the gradients in an optimizer plan's launch rows (LaunchRow);
+    ``device_rows``: the same rows already on the device (else they are copied there)."""
     chunks = _chunks.get(rows[:, LaunchRow.NUMEL].tolist(), device)
     partials = torch.zeros(max(chunks.shape[0], 1), dtype=torch.float64, device=device)
     if chunks.shape[0]:
         norm_partials_kernel[(chunks.shape[0],)](
-            upload(rows.reshape(-1), device), chunks, partials, float(norm_type), P=TL_DTYPES[dtype],
+            upload(rows.reshape(-1), device) if device_rows is None else device_rows, chunks, partials, float(norm_type),
+            P=TL_DTYPES[dtype],
             ACC=compute_dtype(dtype), KIND=norm_kind(norm_type), ROW=LaunchRow.WORDS, PTR=LaunchRow.GRAD,
             NUMEL=LaunchRow.NUMEL, BLOCK=BLOCK, CHUNK=CHUNK,
             ALIGNED=bool((rows[:, LaunchRow.GRAD] % VECTOR_BYTES == 0).all()),

@@ -2,8 +2,9 @@
 device, dtype) in one launch. Each optimizer contributes only its kernel body
 (``<name>_kernel`` in fused_optim/triton/<name>.py), written with the helpers below.
 
-The launcher packs one int64 table per step: HEADER words of the group's kernel scalars (float64
-bits, so the bias corrections see the exact float64 betas), then the plan's launch rows
+Each plan keeps one int64 table on the device (LaunchTable), rewritten only where it changed:
+HEADER words of the group's kernel scalars (float64 bits, so the bias corrections see the exact
+float64 betas), then the plan's launch rows
 (``fused_optim._layout.LaunchRow``: pointers to the parameter, gradient and state, the element
 count, the address of the tensor's float32 counter: its step count, or first-step flag). A cached
 table of (tensor, start) chunks gives each program CHUNK elements of one tensor. Step counts live
@@ -234,10 +235,44 @@ def advance_counters_kernel(table, found_inf_ptr, ADD: tl.constexpr, HAS_FOUND_I
             tl.store(counter, 0.0)
 
 
-def launch_table(scalars, rows, device):
-    """The int64 launch table on ``device``: the scalars (float64 bits), then the plan's rows."""
-    header = float64_bits(list(scalars) + [0.0] * (HEADER - len(scalars)))
-    return upload(torch.cat([header, rows.reshape(-1)]), device)
+class LaunchTable:
+    """One plan's int64 launch table, kept on the device between steps: HEADER words of the group's
+    scalars (float64 bits), then the launch rows. Each step compares what it needs with what was
+    last copied and writes only the part that changed, in place: in steady state (the same
+    gradient buffers, the same hyperparameters) a step copies nothing to the device and the kernels
+    read the same table, which also lets a CUDA graph capture the step and replay it."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.table = None
+        self._rows = None
+        self._header = None
+        #: how many copies to the device were made (what the steady-state tests count)
+        self.uploads = 0
+
+    @property
+    def rows(self):
+        """The rows part of the device table (for kernels that index rows from their start)."""
+        return self.table[HEADER:]
+
+    def set_rows(self, rows):
+        if self.table is None or self._rows.shape != rows.shape:
+            header = self._header if self._header is not None else torch.zeros(HEADER, dtype=torch.int64)
+            self.table = self._copy(torch.cat([header, rows.reshape(-1)]))
+            self._rows = rows.clone()
+        elif not torch.equal(rows, self._rows):
+            self.table[HEADER:].copy_(self._copy(rows.reshape(-1)), non_blocking=True)
+            self._rows = rows.clone()
+
+    def set_scalars(self, scalars):
+        header = float64_bits(list(scalars) + [0.0] * (HEADER - len(scalars)))
+        if self._header is None or not torch.equal(header, self._header):
+            self.table[:HEADER].copy_(self._copy(header), non_blocking=True)
+            self._header = header
+
+    def _copy(self, host):
+        self.uploads += 1
+        return upload(host, self.device)
 
 
 def _aligned_rows(rows):
@@ -253,30 +288,33 @@ def chunk_tables(rows, device):
     return _chunks.get_split(rows[:, LaunchRow.NUMEL].tolist(), aligned, device)
 
 
-def launch(kernel, rows, param_dtype, device, scalars, flags, grad_factor=None, found_inf=None, advance=None):
-    """Run ``kernel`` over a plan's launch rows. ``flags``: the spec's flags as constexpr keyword
-    arguments; ``grad_factor`` (float64) and ``found_inf``: 0-dim device tensors or None;
-    ``advance``: "step" (counters += 1 afterwards), "first" (cleared) or None.
+def launch(kernel, table, rows, param_dtype, device, scalars, flags, grad_factor=None, found_inf=None, advance=None):
+    """Run ``kernel`` over a plan's launch rows (``rows``: the host copy, ``table``: its
+    LaunchTable, rows already set). ``flags``: the spec's flags as constexpr keyword arguments;
+    ``grad_factor`` (float64) and ``found_inf``: 0-dim device tensors or None; ``advance``: "step"
+    (counters += 1 afterwards), "first" (cleared) or None.
 
     Two launches of one kernel: whole chunks of 16-byte-aligned tensors (FULL and ALIGNED: no
     mask, 128-bit accesses), then the rest (tails, unaligned views) masked."""
     if rows.shape[0] == 0:
         return
-    table = launch_table(scalars, rows, device)
+    table.set_scalars(scalars)
     state = state_dtype(param_dtype, torch.bfloat16 if flags.get("STATE_BF16") else None)
     constants = dict(P=TL_DTYPES[param_dtype], S=TL_DTYPES[state],
                      C=tl.float64 if param_dtype == torch.float64 else tl.float32, HAS_FACTOR=grad_factor is not None,
                      HAS_FOUND_INF=found_inf is not None, BLOCK=BLOCK, CHUNK=CHUNK, **flags)
-    factor = grad_factor if grad_factor is not None else table
-    skip = found_inf if found_inf is not None else table
+    device_table = table.table
+    factor = grad_factor if grad_factor is not None else device_table
+    skip = found_inf if found_inf is not None else device_table
     for chunks, full in zip(chunk_tables(rows, device), (True, False)):
         if chunks.shape[0] > 0:
-            kernel[(chunks.shape[0],)](table, chunks, factor, skip, FULL=full, ALIGNED=full,
+            kernel[(chunks.shape[0],)](device_table, chunks, factor, skip, FULL=full, ALIGNED=full,
                                        num_warps=num_warps(param_dtype), **constants)
     if advance is not None:
-        advance_counters_kernel[(rows.shape[0],)](table, skip, ADD=advance == "step", HAS_FOUND_INF=found_inf is not None)
+        advance_counters_kernel[(rows.shape[0],)](device_table, skip, ADD=advance == "step",
+                                                  HAS_FOUND_INF=found_inf is not None)
 
 
-def grad_power_sum_partials(rows, dtype, device, norm_type):
+def grad_power_sum_partials(table, rows, dtype, device, norm_type):
     """Power sums, per chunk, of the gradients in a plan's launch rows (float64 on the device)."""
-    return triton_clip.optimizer_grad_partials(rows, dtype, device, norm_type)
+    return triton_clip.optimizer_grad_partials(rows, dtype, device, norm_type, device_rows=table.rows)
