@@ -8,8 +8,8 @@
 namespace fused_optim {
 namespace {
 
-enum Scalar { kLr, kLrDecay, kEps, kWeightDecay, kSign };
-enum Flag { kL2 };
+enum Scalar { kLr, kLrDecay, kEps, kWeightDecay, kSign, kRoundingKey };
+enum Flag { kL2, kMaster, kStateBf16 };
 enum TensorScalar { kNegClr };
 
 template <typename C>
@@ -24,55 +24,61 @@ struct AdagradScalars {
         grad_factor(C(a.grad_factor)) {}
 };
 
-template <typename T, bool L2>
-FUSED_OPTIM_INLINE void adagrad_loop(T* __restrict p, const T* __restrict g, state_t<T>* __restrict sum, int64_t n,
-                                     const AdagradScalars<compute_t<T>>& s) {
+// T: parameter storage, S: accumulator storage, M: master kind (element_loop.h).
+template <typename T, typename S, int M, bool L2>
+FUSED_OPTIM_INLINE void adagrad_loop(T* __restrict p, const T* __restrict g, S* __restrict sum,
+                                     void* __restrict master, int64_t n, const AdagradScalars<compute_t<T>>& scalars_in,
+                                     const RoundingKeys& keys_in) {
   using C = compute_t<T>;
+  // local copies: the loop reads registers, never memory that a store might alias
+  const auto s = scalars_in;
+  const RoundingKeys keys = keys_in;
   for (int64_t i = 0; i < n; ++i) {
-    const C param = load(p[i]);
+    const C param = load_param<T, M>(p, master, i);
     C grad = s.sign * (load(g[i]) * s.grad_factor);
     if (L2) {
       grad = grad + s.weight_decay * param;
     }
-    const C total = sum[i] + grad * grad;
-    sum[i] = total;
+    const C total = load(sum[i]) + grad * grad;
+    store_state<S, M>(sum, i, total, 0, keys);
     const C std_ = std::sqrt(total) + s.eps;
-    p[i] = store_as<T>(param + (s.neg_clr * grad) / std_);
+    store_param<T, M>(p, master, i, param + (s.neg_clr * grad) / std_, keys);
   }
 }
 
-#define FUSED_OPTIM_ADAGRAD_VARIANT(NAME, T, L2)                                                           \
-  FUSED_OPTIM_SIMD_CLONES void NAME(T* p, const T* g, state_t<T>* sum, int64_t n,                          \
-                                    const AdagradScalars<compute_t<T>>& s) {                               \
-    adagrad_loop<T, L2>(p, g, sum, n, s);                                                                  \
-  }
+template <typename T, typename S, int M, bool L2>
+FUSED_OPTIM_SIMD_CLONES void adagrad_variant(T* p, const T* g, S* sum, void* master, int64_t n,
+                                             const AdagradScalars<compute_t<T>>& s, const RoundingKeys& keys) {
+  adagrad_loop<T, S, M, L2>(p, g, sum, master, n, s, keys);
+}
 
-#define FUSED_OPTIM_ADAGRAD_DTYPE(SUFFIX, T)                                                              \
-  FUSED_OPTIM_ADAGRAD_VARIANT(adagrad_##SUFFIX, T, false)                                                 \
-  FUSED_OPTIM_ADAGRAD_VARIANT(adagrad_l2_##SUFFIX, T, true)                                               \
-  void adagrad_dispatch(T* p, const T* g, state_t<T>* sum, int64_t n, const AdagradScalars<compute_t<T>>& s, \
-                        bool l2) {                                                                        \
-    l2 ? adagrad_l2_##SUFFIX(p, g, sum, n, s) : adagrad_##SUFFIX(p, g, sum, n, s);                       \
-  }
-
-FUSED_OPTIM_ADAGRAD_DTYPE(f32, float)
-FUSED_OPTIM_ADAGRAD_DTYPE(f64, double)
-FUSED_OPTIM_ADAGRAD_DTYPE(bf16, bf16_bits)
-FUSED_OPTIM_ADAGRAD_DTYPE(f16, half_t)
-
-int n_state(const int64_t*) { return 1; }
+int n_state(const int64_t* flags) {
+  return 1 + (flags[kMaster] == kMasterFp32 || flags[kMaster] == kMasterKahan ? 1 : 0);
+}
 
 void prepare(const double* s, const int64_t*, double step, double* tensor) {
   tensor[kNegClr] = -(s[kLr] / (1.0 + (step - 1.0) * s[kLrDecay]));
 }
 
 void update(c10::ScalarType dtype, const Streams& st, int64_t n, const UpdateArgs& args) {
-  dispatch_param_type(dtype, "adagrad", [&](auto* ptag, auto* stag) {
+  const bool l2 = args.flags[kL2] != 0;
+  dispatch_low_precision(dtype, args.flags[kStateBf16] != 0, args.flags[kMaster], "adagrad",
+                         [&](auto* ptag, auto* stag, auto master_kind) {
     using T = std::remove_pointer_t<decltype(ptag)>;
     using S = std::remove_pointer_t<decltype(stag)>;
+    constexpr int M = decltype(master_kind)::value;
     const AdagradScalars<compute_t<T>> scalars(args);
-    adagrad_dispatch(static_cast<T*>(st.param), static_cast<const T*>(st.grad), static_cast<S*>(st.state[0]), n,
-                     scalars, args.flags[kL2] != 0);
+    const size_t extra_size = M == kMasterFp32 ? sizeof(float) : sizeof(T);
+    for_key_ranges(args.offset, n, [&](int64_t begin, int64_t count) {
+      const RoundingKeys keys(static_cast<uint32_t>(args.scalars[kRoundingKey]), args.tensor_key, args.offset + begin);
+      T* p = static_cast<T*>(st.param) + begin;
+      const T* g = static_cast<const T*>(st.grad) + begin;
+      S* sum = static_cast<S*>(st.state[0]) + begin;
+      void* master = M == kMasterFp32 || M == kMasterKahan ? static_cast<char*>(st.state[1]) + begin * extra_size
+                                                           : nullptr;
+      l2 ? adagrad_variant<T, S, M, true>(p, g, sum, master, count, scalars, keys)
+         : adagrad_variant<T, S, M, false>(p, g, sum, master, count, scalars, keys);
+    });
   });
 }
 

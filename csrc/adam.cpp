@@ -1,5 +1,5 @@
 // Adam/AdamW element loop. Each element reads and writes every stream once: p, g, m, v in and
-// p, m, v out (28 bytes per fp32 element); the math follows torch.optim's single-tensor path
+// p, m, v out (28 bytes per fp32 element; 14 with bfloat16 parameters, state and stochastic rounding); the math follows torch.optim's single-tensor path
 // operation by operation, in fp32 (fp64 for double parameters). Scalars and flags are folded by
 // fused_optim/optim/adam.py (ADAM_SPEC).
 #include <cmath>
@@ -9,8 +9,8 @@
 namespace fused_optim {
 namespace {
 
-enum Scalar { kLr, kBeta1, kBeta2, kEps, kL2, kDecay, kSign };
-enum Flag { kAmsgrad, kL2On, kLerpFromStart };
+enum Scalar { kLr, kBeta1, kBeta2, kEps, kL2, kDecay, kSign, kRoundingKey };
+enum Flag { kAmsgrad, kL2On, kLerpFromStart, kMaster, kStateBf16 };
 enum TensorScalar { kNegStepSize, kBiasCorrection2Sqrt };
 
 template <typename C>
@@ -32,64 +32,53 @@ struct AdamScalars {
         lerp_from_start(a.flags[kLerpFromStart] != 0) {}
 };
 
-template <typename T, bool AMSGRAD, bool L2>
-FUSED_OPTIM_INLINE void adam_loop(T* __restrict p, const T* __restrict g, state_t<T>* __restrict m,
-                                  state_t<T>* __restrict v, state_t<T>* __restrict vmax, int64_t n,
-                                  const AdamScalars<compute_t<T>>& s) {
+// T: parameter storage, S: moment storage, M: master kind (element_loop.h).
+template <typename T, typename S, int M, bool AMSGRAD, bool L2>
+FUSED_OPTIM_INLINE void adam_loop(T* __restrict p, const T* __restrict g, S* __restrict m, S* __restrict v,
+                                  S* __restrict vmax, void* __restrict master, int64_t n,
+                                  const AdamScalars<compute_t<T>>& scalars_in, const RoundingKeys& keys_in) {
   using C = compute_t<T>;
+  // local copies: the loop reads registers, never memory that a store might alias
+  const auto s = scalars_in;
+  const RoundingKeys keys = keys_in;
   const C one_minus_weight = C(1) - s.one_minus_beta1;
   for (int64_t i = 0; i < n; ++i) {
-    C param = load(p[i]);
+    C param = load_param<T, M>(p, master, i);
     C grad = s.sign * (load(g[i]) * s.grad_factor);
     if (L2) {
       grad = grad + s.l2 * param;
     }
     param = param * s.decay;
-    const C m_old = m[i];
-    const C m_new = s.lerp_from_start ? m_old + s.one_minus_beta1 * (grad - m_old)
-                                      : grad - (grad - m_old) * one_minus_weight;
-    C v_new = v[i] * s.beta2;
+    const C m_old = load(m[i]);
+    const C m_new = choose(s.lerp_from_start, m_old + s.one_minus_beta1 * (grad - m_old),
+                           grad - (grad - m_old) * one_minus_weight);
+    C v_new = load(v[i]) * s.beta2;
     v_new = v_new + (s.one_minus_beta2 * grad) * grad;
     C v_used = v_new;
     if (AMSGRAD) {
-      const C v_max = vmax[i];
+      const C v_max = load(vmax[i]);
       v_used = (v_new > v_max || v_new != v_new) ? v_new : v_max;  // torch.maximum propagates NaN
-      vmax[i] = v_used;
+      store_state<S, M>(vmax, i, v_used, 2, keys);
     }
     const C denom = std::sqrt(v_used) / s.bias_correction2_sqrt + s.eps;
-    m[i] = m_new;
-    v[i] = v_new;
-    p[i] = store_as<T>(param + (s.neg_step_size * m_new) / denom);
+    store_state<S, M>(m, i, m_new, 0, keys);
+    store_state<S, M>(v, i, v_new, 1, keys);
+    store_param<T, M>(p, master, i, param + (s.neg_step_size * m_new) / denom, keys);
   }
 }
 
-// One SIMD-cloned entry point per (dtype, variant): the loop body is inlined into each clone.
-#define FUSED_OPTIM_ADAM_VARIANT(NAME, T, AMSGRAD, L2)                                                        \
-  FUSED_OPTIM_SIMD_CLONES void NAME(T* p, const T* g, state_t<T>* m, state_t<T>* v, state_t<T>* vmax, int64_t n, \
-                                    const AdamScalars<compute_t<T>>& s) {                                       \
-    adam_loop<T, AMSGRAD, L2>(p, g, m, v, vmax, n, s);                                                          \
-  }
+// One SIMD-cloned entry point per (dtypes, master kind, variant): the loop body is inlined into
+// each clone.
+template <typename T, typename S, int M, bool AMSGRAD, bool L2>
+FUSED_OPTIM_SIMD_CLONES void adam_variant(T* p, const T* g, S* m, S* v, S* vmax, void* master, int64_t n,
+                                          const AdamScalars<compute_t<T>>& s, const RoundingKeys& keys) {
+  adam_loop<T, S, M, AMSGRAD, L2>(p, g, m, v, vmax, master, n, s, keys);
+}
 
-#define FUSED_OPTIM_ADAM_DTYPE(SUFFIX, T)                                                           \
-  FUSED_OPTIM_ADAM_VARIANT(adam_##SUFFIX, T, false, false)                                          \
-  FUSED_OPTIM_ADAM_VARIANT(adam_l2_##SUFFIX, T, false, true)                                        \
-  FUSED_OPTIM_ADAM_VARIANT(adam_ams_##SUFFIX, T, true, false)                                       \
-  FUSED_OPTIM_ADAM_VARIANT(adam_ams_l2_##SUFFIX, T, true, true)                                     \
-  void adam_dispatch(T* p, const T* g, state_t<T>* m, state_t<T>* v, state_t<T>* vmax, int64_t n, \
-                     const AdamScalars<compute_t<T>>& s, bool amsgrad, bool l2) {                  \
-    if (amsgrad) {                                                                                  \
-      l2 ? adam_ams_l2_##SUFFIX(p, g, m, v, vmax, n, s) : adam_ams_##SUFFIX(p, g, m, v, vmax, n, s); \
-    } else {                                                                                        \
-      l2 ? adam_l2_##SUFFIX(p, g, m, v, vmax, n, s) : adam_##SUFFIX(p, g, m, v, vmax, n, s);        \
-    }                                                                                               \
-  }
-
-FUSED_OPTIM_ADAM_DTYPE(f32, float)
-FUSED_OPTIM_ADAM_DTYPE(f64, double)
-FUSED_OPTIM_ADAM_DTYPE(bf16, bf16_bits)
-FUSED_OPTIM_ADAM_DTYPE(f16, half_t)
-
-int n_state(const int64_t* flags) { return flags[kAmsgrad] ? 3 : 2; }
+int n_state(const int64_t* flags) {
+  const int64_t master = flags[kMaster];
+  return (flags[kAmsgrad] ? 3 : 2) + (master == kMasterFp32 || master == kMasterKahan ? 1 : 0);
+}
 
 void prepare(const double* s, const int64_t*, double step, double* tensor) {
   tensor[kNegStepSize] = -(s[kLr] / (1.0 - std::pow(s[kBeta1], step)));
@@ -97,13 +86,33 @@ void prepare(const double* s, const int64_t*, double step, double* tensor) {
 }
 
 void update(c10::ScalarType dtype, const Streams& st, int64_t n, const UpdateArgs& args) {
-  dispatch_param_type(dtype, "adam", [&](auto* ptag, auto* stag) {
+  const bool amsgrad = args.flags[kAmsgrad] != 0;
+  const bool l2 = args.flags[kL2On] != 0;
+  dispatch_low_precision(dtype, args.flags[kStateBf16] != 0, args.flags[kMaster], "adam",
+                         [&](auto* ptag, auto* stag, auto master_kind) {
     using T = std::remove_pointer_t<decltype(ptag)>;
     using S = std::remove_pointer_t<decltype(stag)>;
+    constexpr int M = decltype(master_kind)::value;
     const AdamScalars<compute_t<T>> scalars(args);
-    adam_dispatch(static_cast<T*>(st.param), static_cast<const T*>(st.grad), static_cast<S*>(st.state[0]),
-                  static_cast<S*>(st.state[1]), static_cast<S*>(st.state[2]), n, scalars, args.flags[kAmsgrad] != 0,
-                  args.flags[kL2On] != 0);
+    const size_t extra_size = M == kMasterFp32 ? sizeof(float) : sizeof(T);
+    for_key_ranges(args.offset, n, [&](int64_t begin, int64_t count) {
+      const RoundingKeys keys(static_cast<uint32_t>(args.scalars[kRoundingKey]), args.tensor_key, args.offset + begin);
+      T* p = static_cast<T*>(st.param) + begin;
+      const T* g = static_cast<const T*>(st.grad) + begin;
+      S* m = static_cast<S*>(st.state[0]) + begin;
+      S* v = static_cast<S*>(st.state[1]) + begin;
+      S* vmax = amsgrad ? static_cast<S*>(st.state[2]) + begin : nullptr;
+      void* extra = M == kMasterFp32 || M == kMasterKahan
+                        ? static_cast<char*>(st.state[amsgrad ? 3 : 2]) + begin * extra_size
+                        : nullptr;
+      if (amsgrad) {
+        l2 ? adam_variant<T, S, M, true, true>(p, g, m, v, vmax, extra, count, scalars, keys)
+           : adam_variant<T, S, M, true, false>(p, g, m, v, vmax, extra, count, scalars, keys);
+      } else {
+        l2 ? adam_variant<T, S, M, false, true>(p, g, m, v, vmax, extra, count, scalars, keys)
+           : adam_variant<T, S, M, false, false>(p, g, m, v, vmax, extra, count, scalars, keys);
+      }
+    });
   });
 }
 

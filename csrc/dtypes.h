@@ -45,7 +45,8 @@ inline bf16_bits store_as<bf16_bits>(float x) {
   uint32_t bits;
   std::memcpy(&bits, &x, sizeof bits);
   const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  return x != x ? bf16_bits(0x7FC0) : static_cast<bf16_bits>(rounded);
+  const uint32_t nan = 0u - static_cast<uint32_t>(x != x);  // all ones for NaN: a select without a branch
+  return static_cast<bf16_bits>((rounded & ~nan) | (0x7FC0u & nan));
 }
 template <typename T>
 inline T store_as(double x);

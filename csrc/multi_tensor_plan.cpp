@@ -67,9 +67,12 @@ RegisterOptimizerKernel::RegisterOptimizerKernel(const char* name, OptimizerKern
 }
 
 MultiTensorPlan::MultiTensorPlan(std::vector<at::Tensor> params, int64_t n_state, std::optional<at::Tensor> steps,
-                                 std::string optimizer, std::string kernel)
+                                 std::string optimizer, std::string kernel, std::vector<c10::ScalarType> state_dtypes,
+                                 std::vector<int64_t> tensor_ids)
     : params_(std::move(params)),
       n_state_(n_state),
+      state_dtypes_(std::move(state_dtypes)),
+      tensor_ids_(std::move(tensor_ids)),
       steps_(steps.has_value() ? std::move(*steps) : at::Tensor()),
       optimizer_(std::move(optimizer)),
       kernel_(nullptr),
@@ -86,6 +89,13 @@ MultiTensorPlan::MultiTensorPlan(std::vector<at::Tensor> params, int64_t n_state
     dtype_ = real_dtype(params_[0]);
     device_ = params_[0].device();
   }
+  if (state_dtypes_.empty()) state_dtypes_.assign(n_state_, state_dtype_for(dtype_));
+  TORCH_CHECK(static_cast<int64_t>(state_dtypes_.size()) == n_state_, "MultiTensorPlan: ", n_state_,
+              " state tensors per parameter but ", state_dtypes_.size(), " state dtypes");
+  if (tensor_ids_.empty()) {
+    for (size_t i = 0; i < n; ++i) tensor_ids_.push_back(static_cast<int64_t>(i));
+  }
+  TORCH_CHECK(tensor_ids_.size() == n, "MultiTensorPlan: one tensor id per parameter");
   for (const auto& p : params_) {
     TORCH_CHECK(has_plain_storage(p), optimizer_, ": the C++ plan takes plain dense tensors, got a ", p.toString(),
                 " on ", p.device());
@@ -159,9 +169,10 @@ void MultiTensorPlan::bind(int64_t index, const std::vector<at::Tensor>& state, 
   TORCH_CHECK(static_cast<int64_t>(state.size()) == n_state_, "MultiTensorPlan.bind: expected ", n_state_,
               " state tensors, got ", state.size());
   const at::Tensor& p = params_[index];
-  const c10::ScalarType want = state_dtype_for(dtype_);
   std::vector<at::Tensor> views;
-  for (const auto& s : state) {
+  for (size_t k = 0; k < state.size(); ++k) {
+    const at::Tensor& s = state[k];
+    const c10::ScalarType want = state_dtypes_[k];
     TORCH_CHECK(s.defined() && has_plain_storage(s) && s.device() == p.device() && s.is_complex() == p.is_complex() &&
                     real_dtype(s) == want && s.sizes() == p.sizes(),
                 optimizer_, ": state of parameter ", index, " must be a ", want, " tensor of shape ", p.sizes(),
@@ -269,6 +280,7 @@ at::Tensor MultiTensorPlan::launch_rows(int64_t counters_address) {
     for (int64_t k = 0; k < n_state_; ++k) row[launch_row::kState + k] = reinterpret_cast<int64_t>(w.state[k]);
     row[launch_row::kNumel] = prefix_[a + 1] - prefix_[a];
     row[launch_row::kCounter] = counters_address + 4 * w.index;
+    row[launch_row::kKey] = tensor_ids_[w.index];
   }
   return rows;
 }
@@ -323,7 +335,8 @@ void MultiTensorPlan::update(const std::vector<double>& scalars, const std::vect
   {
     pybind11::gil_scoped_release no_gil;
     const size_t param_size = c10::elementSize(dtype_);
-    const size_t state_size = c10::elementSize(state_dtype_for(dtype_));
+    size_t state_size[kMaxState] = {};
+    for (int64_t k = 0; k < n_state_; ++k) state_size[k] = c10::elementSize(state_dtypes_[k]);
     const int64_t n_state = n_state_;
     const OptimizerKernel* kernel = kernel_;
     parallel_over_elements(prefix_, [&](int64_t t, int64_t begin, int64_t end) {
@@ -335,9 +348,9 @@ void MultiTensorPlan::update(const std::vector<double>& scalars, const std::vect
       Streams streams{};
       streams.param = static_cast<char*>(w.param) + begin * param_size;
       streams.grad = static_cast<const char*>(w.grad) + begin * param_size;
-      for (int64_t k = 0; k < n_state; ++k) streams.state[k] = static_cast<char*>(w.state[k]) + begin * state_size;
+      for (int64_t k = 0; k < n_state; ++k) streams.state[k] = static_cast<char*>(w.state[k]) + begin * state_size[k];
       const UpdateArgs args{scalar_values, flag_values, &tensor_scalars_[t * kMaxTensorScalars], factor,
-                            first_[t] != 0};
+                            first_[t] != 0, begin, static_cast<uint32_t>(tensor_ids_[w.index])};
       kernel->update(dtype_, streams, end - begin, args);
     });
   }
@@ -352,8 +365,10 @@ void register_bindings(pybind11::module_& m) {
   // module_local: the loader may import a stale prebuilt extension before it loads a JIT build of
   // newer sources into the same process; each module must own its type.
   py::class_<MultiTensorPlan>(m, "MultiTensorPlan", py::module_local())
-      .def(py::init<std::vector<at::Tensor>, int64_t, std::optional<at::Tensor>, std::string, std::string>(),
-           py::arg("params"), py::arg("n_state"), py::arg("steps"), py::arg("optimizer"), py::arg("kernel") = "")
+      .def(py::init<std::vector<at::Tensor>, int64_t, std::optional<at::Tensor>, std::string, std::string,
+                    std::vector<c10::ScalarType>, std::vector<int64_t>>(),
+           py::arg("params"), py::arg("n_state"), py::arg("steps"), py::arg("optimizer"), py::arg("kernel") = "",
+           py::arg("state_dtypes") = std::vector<c10::ScalarType>{}, py::arg("tensor_ids") = std::vector<int64_t>{})
       .def("scan", &MultiTensorPlan::scan, py::arg("allow_sparse") = false)
       .def("bind", &MultiTensorPlan::bind, py::arg("index"), py::arg("state"), py::arg("fresh"))
       .def("grad_norm_power_sum", &MultiTensorPlan::grad_norm_power_sum, py::arg("p"))
@@ -374,6 +389,7 @@ void register_bindings(pybind11::module_& m) {
   row["NUMEL"] = launch_row::kNumel;
   row["COUNTER"] = launch_row::kCounter;
   m.attr("LAUNCH_ROW") = row;
+  m.attr("LAUNCH_ROW_KEY") = launch_row::kKey;
   m.attr("MAX_KERNEL_SCALARS") = kMaxScalars;
   m.attr("MAX_KERNEL_FLAGS") = kMaxFlags;
   py::list names;

@@ -23,8 +23,12 @@ class MultiTensorPlan {
   // each parameter's step count, or None for optimizers without one. optimizer: the name used in
   // error messages. kernel: the registered element loop that update() runs; empty for a plan that
   // only keeps the books for kernels launched elsewhere (Triton) or the reference math.
+  // state_dtypes: the real dtype of each state tensor (fused_optim._layout.state_dtypes; empty:
+  // state_dtype_for(param dtype) for all). tensor_ids: each parameter's rounding id, its index in
+  // the optimizer (empty: its index in the plan).
   MultiTensorPlan(std::vector<at::Tensor> params, int64_t n_state, std::optional<at::Tensor> steps,
-                  std::string optimizer, std::string kernel);
+                  std::string optimizer, std::string kernel, std::vector<c10::ScalarType> state_dtypes = {},
+                  std::vector<int64_t> tensor_ids = {});
 
   // Checks every gradient and collects the parameters to step. Changes nothing. Returns
   // (stale, need_state, sparse): stale when a parameter's dtype or device no longer matches the
@@ -55,7 +59,7 @@ class MultiTensorPlan {
 
   // For kernels launched elsewhere (Triton): one int64 row per scanned dense parameter, laid out
   // as launch_row (optimizer.h): data addresses of param, grad and state (0 for absent state),
-  // numel in real elements, and counter = counters_address + 4 * index, the address of the
+  // numel in real elements, rounding id, and counter = counters_address + 4 * index, the address of the
   // parameter's float32 counter (its step count or first-step flag). Tensors with odd layouts are
   // given as contiguous copies; finish_launch() writes them back, after the launch is enqueued,
   // and forgets the scan.
@@ -94,6 +98,8 @@ class MultiTensorPlan {
   std::vector<char> bound_;
   std::vector<char> fresh_;
   int64_t n_state_;
+  std::vector<c10::ScalarType> state_dtypes_;  // [k]
+  std::vector<int64_t> tensor_ids_;            // [param]
   at::Tensor steps_;
   std::string optimizer_;
   const OptimizerKernel* kernel_;

@@ -18,15 +18,17 @@ constexpr int kMaxTensorScalars = 4;   // per-tensor scalars from prepare()
 
 // The launch-row layout of MultiTensorPlan::launch_rows, one int64 row per tensor.
 namespace launch_row {
-constexpr int64_t kWords = 8;
+constexpr int64_t kWords = 9;
 constexpr int64_t kParam = 0;
 constexpr int64_t kGrad = 1;
 constexpr int64_t kState = 2;  // kState + k for state tensor k < kMaxState
 constexpr int64_t kNumel = 6;
 constexpr int64_t kCounter = 7;
+constexpr int64_t kKey = 8;  // the tensor's rounding id (its index in the optimizer)
 }  // namespace launch_row
 
-// One tensor's slice, each pointer already at the slice's first element.
+// One tensor's slice, each pointer already at the slice's first element. The state tensors are the
+// optimizer's own, then the master-weight tensor (master_param or kahan_comp) when there is one.
 struct Streams {
   void* param;
   const void* grad;
@@ -39,6 +41,8 @@ struct UpdateArgs {
   const double* tensor;   // this tensor's scalars, from prepare()
   double grad_factor;     // every gradient is multiplied by it first (unscale and clip; 1 for neither)
   bool first;             // the state holds nothing yet (the first step of SGD's momentum buffer)
+  int64_t offset;         // the index in its tensor of the slice's first element (stochastic rounding's key)
+  uint32_t tensor_key;    // the tensor's rounding id (its index in the optimizer)
 };
 
 struct OptimizerKernel {

@@ -9,13 +9,13 @@
 namespace fused_optim {
 namespace {
 
-enum Scalar { kLr, kAlpha, kEps, kWeightDecay, kMomentum, kSign };
-enum Flag { kCentered, kMomentumOn, kL2, kLerpFromStart };
+enum Scalar { kLr, kAlpha, kEps, kWeightDecay, kMomentum, kSign, kRoundingKey };
+enum Flag { kCentered, kMomentumOn, kL2, kLerpFromStart, kMaster, kStateBf16 };
 
 template <typename C>
 struct RmspropScalars {
   C neg_lr, alpha, one_minus_alpha, eps, weight_decay, momentum, sign, grad_factor;
-  bool lerp_from_start;
+  bool lerp_from_start, l2;
 
   explicit RmspropScalars(const UpdateArgs& a)
       : neg_lr(C(-a.scalars[kLr])),
@@ -26,93 +26,90 @@ struct RmspropScalars {
         momentum(C(a.scalars[kMomentum])),
         sign(C(a.scalars[kSign])),
         grad_factor(C(a.grad_factor)),
-        lerp_from_start(a.flags[kLerpFromStart] != 0) {}
+        lerp_from_start(a.flags[kLerpFromStart] != 0),
+        l2(a.flags[kL2] != 0) {}
 };
 
-template <typename T, bool CENTERED, bool MOMENTUM, bool L2>
-FUSED_OPTIM_INLINE void rmsprop_loop(T* __restrict p, const T* __restrict g, state_t<T>* __restrict square_avg,
-                                     state_t<T>* __restrict buf, state_t<T>* __restrict grad_avg, int64_t n,
-                                     const RmspropScalars<compute_t<T>>& s) {
+// T: parameter storage, S: state storage, M: master kind (element_loop.h).
+template <typename T, typename S, int M, bool CENTERED, bool MOMENTUM>
+FUSED_OPTIM_INLINE void rmsprop_loop(T* __restrict p, const T* __restrict g, S* __restrict square_avg,
+                                     S* __restrict buf, S* __restrict grad_avg, void* __restrict master, int64_t n,
+                                     const RmspropScalars<compute_t<T>>& scalars_in, const RoundingKeys& keys_in) {
   using C = compute_t<T>;
+  // local copies: the loop reads registers, never memory that a store might alias
+  const auto s = scalars_in;
+  const RoundingKeys keys = keys_in;
   const C one_minus_weight = C(1) - s.one_minus_alpha;
   for (int64_t i = 0; i < n; ++i) {
-    const C param = load(p[i]);
+    const C param = load_param<T, M>(p, master, i);
     C grad = s.sign * (load(g[i]) * s.grad_factor);
-    if (L2) {
-      grad = grad + s.weight_decay * param;
-    }
-    const C sq = square_avg[i] * s.alpha + (s.one_minus_alpha * grad) * grad;
-    square_avg[i] = sq;
+    grad = choose(s.l2, grad + s.weight_decay * param, grad);
+    const C sq = load(square_avg[i]) * s.alpha + (s.one_minus_alpha * grad) * grad;
+    store_state<S, M>(square_avg, i, sq, 0, keys);
     C avg;
     if (CENTERED) {
-      const C ga_old = grad_avg[i];
-      const C ga = s.lerp_from_start ? ga_old + s.one_minus_alpha * (grad - ga_old)
-                                     : grad - (grad - ga_old) * one_minus_weight;
-      grad_avg[i] = ga;
+      const C ga_old = load(grad_avg[i]);
+      const C ga = choose(s.lerp_from_start, ga_old + s.one_minus_alpha * (grad - ga_old),
+                          grad - (grad - ga_old) * one_minus_weight);
+      store_state<S, M>(grad_avg, i, ga, MOMENTUM ? 2 : 1, keys);
       avg = std::sqrt(sq + (-ga) * ga);
     } else {
       avg = std::sqrt(sq);
     }
     avg = avg + s.eps;
     if (MOMENTUM) {
-      const C b = buf[i] * s.momentum + grad / avg;
-      buf[i] = b;
-      p[i] = store_as<T>(param + s.neg_lr * b);
+      const C b = load(buf[i]) * s.momentum + grad / avg;
+      store_state<S, M>(buf, i, b, 1, keys);
+      store_param<T, M>(p, master, i, param + s.neg_lr * b, keys);
     } else {
-      p[i] = store_as<T>(param + (s.neg_lr * grad) / avg);
+      store_param<T, M>(p, master, i, param + (s.neg_lr * grad) / avg, keys);
     }
   }
 }
 
-#define FUSED_OPTIM_RMSPROP_VARIANT(NAME, T, CENTERED, MOMENTUM, L2)                                            \
-  FUSED_OPTIM_SIMD_CLONES void NAME(T* p, const T* g, state_t<T>* sq, state_t<T>* buf, state_t<T>* ga, int64_t n, \
-                                    const RmspropScalars<compute_t<T>>& s) {                                     \
-    rmsprop_loop<T, CENTERED, MOMENTUM, L2>(p, g, sq, buf, ga, n, s);                                           \
-  }
+template <typename T, typename S, int M, bool CENTERED, bool MOMENTUM>
+FUSED_OPTIM_SIMD_CLONES void rmsprop_variant(T* p, const T* g, S* sq, S* buf, S* ga, void* master, int64_t n,
+                                             const RmspropScalars<compute_t<T>>& s, const RoundingKeys& keys) {
+  rmsprop_loop<T, S, M, CENTERED, MOMENTUM>(p, g, sq, buf, ga, master, n, s, keys);
+}
 
-#define FUSED_OPTIM_RMSPROP_DTYPE(SUFFIX, T)                                                              \
-  FUSED_OPTIM_RMSPROP_VARIANT(rmsprop_##SUFFIX, T, false, false, false)                                   \
-  FUSED_OPTIM_RMSPROP_VARIANT(rmsprop_l2_##SUFFIX, T, false, false, true)                                 \
-  FUSED_OPTIM_RMSPROP_VARIANT(rmsprop_m_##SUFFIX, T, false, true, false)                                  \
-  FUSED_OPTIM_RMSPROP_VARIANT(rmsprop_m_l2_##SUFFIX, T, false, true, true)                                \
-  FUSED_OPTIM_RMSPROP_VARIANT(rmsprop_c_##SUFFIX, T, true, false, false)                                  \
-  FUSED_OPTIM_RMSPROP_VARIANT(rmsprop_c_l2_##SUFFIX, T, true, false, true)                                \
-  FUSED_OPTIM_RMSPROP_VARIANT(rmsprop_cm_##SUFFIX, T, true, true, false)                                  \
-  FUSED_OPTIM_RMSPROP_VARIANT(rmsprop_cm_l2_##SUFFIX, T, true, true, true)                                \
-  void rmsprop_dispatch(T* p, const T* g, state_t<T>* sq, state_t<T>* buf, state_t<T>* ga, int64_t n,    \
-                        const RmspropScalars<compute_t<T>>& s, bool centered, bool momentum, bool l2) {  \
-    if (centered) {                                                                                       \
-      if (momentum) {                                                                                     \
-        l2 ? rmsprop_cm_l2_##SUFFIX(p, g, sq, buf, ga, n, s) : rmsprop_cm_##SUFFIX(p, g, sq, buf, ga, n, s); \
-      } else {                                                                                            \
-        l2 ? rmsprop_c_l2_##SUFFIX(p, g, sq, buf, ga, n, s) : rmsprop_c_##SUFFIX(p, g, sq, buf, ga, n, s); \
-      }                                                                                                   \
-    } else if (momentum) {                                                                                \
-      l2 ? rmsprop_m_l2_##SUFFIX(p, g, sq, buf, ga, n, s) : rmsprop_m_##SUFFIX(p, g, sq, buf, ga, n, s);   \
-    } else {                                                                                              \
-      l2 ? rmsprop_l2_##SUFFIX(p, g, sq, buf, ga, n, s) : rmsprop_##SUFFIX(p, g, sq, buf, ga, n, s);       \
-    }                                                                                                     \
-  }
+int n_moments(const int64_t* flags) { return 1 + (flags[kMomentumOn] ? 1 : 0) + (flags[kCentered] ? 1 : 0); }
 
-FUSED_OPTIM_RMSPROP_DTYPE(f32, float)
-FUSED_OPTIM_RMSPROP_DTYPE(f64, double)
-FUSED_OPTIM_RMSPROP_DTYPE(bf16, bf16_bits)
-FUSED_OPTIM_RMSPROP_DTYPE(f16, half_t)
-
-int n_state(const int64_t* flags) { return 1 + (flags[kMomentumOn] ? 1 : 0) + (flags[kCentered] ? 1 : 0); }
+int n_state(const int64_t* flags) {
+  const int64_t master = flags[kMaster];
+  return n_moments(flags) + (master == kMasterFp32 || master == kMasterKahan ? 1 : 0);
+}
 
 void prepare(const double*, const int64_t*, double, double*) {}
 
 void update(c10::ScalarType dtype, const Streams& st, int64_t n, const UpdateArgs& args) {
-  dispatch_param_type(dtype, "rmsprop", [&](auto* ptag, auto* stag) {
+  const bool momentum = args.flags[kMomentumOn] != 0;
+  const bool centered = args.flags[kCentered] != 0;
+  const int moments = n_moments(args.flags);
+  dispatch_low_precision(dtype, args.flags[kStateBf16] != 0, args.flags[kMaster], "rmsprop",
+                         [&](auto* ptag, auto* stag, auto master_kind) {
     using T = std::remove_pointer_t<decltype(ptag)>;
     using S = std::remove_pointer_t<decltype(stag)>;
-    const bool momentum = args.flags[kMomentumOn] != 0;
+    constexpr int M = decltype(master_kind)::value;
     const RmspropScalars<compute_t<T>> scalars(args);
-    S* buf = momentum ? static_cast<S*>(st.state[1]) : nullptr;
-    S* grad_avg = static_cast<S*>(st.state[momentum ? 2 : 1]);
-    rmsprop_dispatch(static_cast<T*>(st.param), static_cast<const T*>(st.grad), static_cast<S*>(st.state[0]), buf,
-                     grad_avg, n, scalars, args.flags[kCentered] != 0, momentum, args.flags[kL2] != 0);
+    const size_t extra_size = M == kMasterFp32 ? sizeof(float) : sizeof(T);
+    for_key_ranges(args.offset, n, [&](int64_t begin, int64_t count) {
+      const RoundingKeys keys(static_cast<uint32_t>(args.scalars[kRoundingKey]), args.tensor_key, args.offset + begin);
+      T* p = static_cast<T*>(st.param) + begin;
+      const T* g = static_cast<const T*>(st.grad) + begin;
+      S* sq = static_cast<S*>(st.state[0]) + begin;
+      S* buf = momentum ? static_cast<S*>(st.state[1]) + begin : nullptr;
+      S* ga = centered ? static_cast<S*>(st.state[momentum ? 2 : 1]) + begin : nullptr;
+      void* master = M == kMasterFp32 || M == kMasterKahan ? static_cast<char*>(st.state[moments]) + begin * extra_size
+                                                           : nullptr;
+      if (centered) {
+        momentum ? rmsprop_variant<T, S, M, true, true>(p, g, sq, buf, ga, master, count, scalars, keys)
+                 : rmsprop_variant<T, S, M, true, false>(p, g, sq, buf, ga, master, count, scalars, keys);
+      } else {
+        momentum ? rmsprop_variant<T, S, M, false, true>(p, g, sq, buf, ga, master, count, scalars, keys)
+                 : rmsprop_variant<T, S, M, false, false>(p, g, sq, buf, ga, master, count, scalars, keys);
+      }
+    });
   });
 }
 

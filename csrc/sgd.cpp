@@ -6,8 +6,8 @@
 namespace fused_optim {
 namespace {
 
-enum Scalar { kLr, kMomentum, kDampening, kWeightDecay, kSign };
-enum Flag { kMomentumOn, kL2, kNesterov };
+enum Scalar { kLr, kMomentum, kDampening, kWeightDecay, kSign, kRoundingKey };
+enum Flag { kMomentumOn, kL2, kNesterov, kMaster, kStateBf16 };
 
 template <typename C>
 struct SgdScalars {
@@ -25,68 +25,68 @@ struct SgdScalars {
         nesterov(a.flags[kNesterov] != 0) {}
 };
 
-template <typename T, bool MOMENTUM, bool FIRST>
-FUSED_OPTIM_INLINE void sgd_loop(T* __restrict p, const T* __restrict g, state_t<T>* __restrict buf, int64_t n,
-                                 const SgdScalars<compute_t<T>>& s) {
+// T: parameter storage, S: momentum buffer storage, M: master kind (element_loop.h).
+template <typename T, typename S, int M, bool MOMENTUM, bool FIRST>
+FUSED_OPTIM_INLINE void sgd_loop(T* __restrict p, const T* __restrict g, S* __restrict buf, void* __restrict master,
+                                 int64_t n, const SgdScalars<compute_t<T>>& scalars_in, const RoundingKeys& keys_in) {
   using C = compute_t<T>;
+  // local copies: the loop reads registers, never memory that a store might alias
+  const auto s = scalars_in;
+  const RoundingKeys keys = keys_in;
   for (int64_t i = 0; i < n; ++i) {
-    const C param = load(p[i]);
+    const C param = load_param<T, M>(p, master, i);
     C grad = s.sign * (load(g[i]) * s.grad_factor);
-    if (s.l2) {
-      grad = grad + s.weight_decay * param;
-    }
+    grad = choose(s.l2, grad + s.weight_decay * param, grad);
     if (MOMENTUM) {
       C b;
       if (FIRST) {
         b = grad;
       } else {
-        b = buf[i] * s.momentum;
+        b = load(buf[i]) * s.momentum;
         b = b + s.one_minus_dampening * grad;
       }
-      buf[i] = b;
-      grad = s.nesterov ? grad + s.momentum * b : b;
+      store_state<S, M>(buf, i, b, 0, keys);
+      grad = choose(s.nesterov, grad + s.momentum * b, b);
     }
-    p[i] = store_as<T>(param + s.neg_lr * grad);
+    store_param<T, M>(p, master, i, param + s.neg_lr * grad, keys);
   }
 }
 
-#define FUSED_OPTIM_SGD_VARIANT(NAME, T, MOMENTUM, FIRST)                                            \
-  FUSED_OPTIM_SIMD_CLONES void NAME(T* p, const T* g, state_t<T>* buf, int64_t n,                    \
-                                    const SgdScalars<compute_t<T>>& s) {                             \
-    sgd_loop<T, MOMENTUM, FIRST>(p, g, buf, n, s);                                                   \
-  }
+template <typename T, typename S, int M, bool MOMENTUM, bool FIRST>
+FUSED_OPTIM_SIMD_CLONES void sgd_variant(T* p, const T* g, S* buf, void* master, int64_t n,
+                                         const SgdScalars<compute_t<T>>& s, const RoundingKeys& keys) {
+  sgd_loop<T, S, M, MOMENTUM, FIRST>(p, g, buf, master, n, s, keys);
+}
 
-#define FUSED_OPTIM_SGD_DTYPE(SUFFIX, T)                                                               \
-  FUSED_OPTIM_SGD_VARIANT(sgd_##SUFFIX, T, false, false)                                               \
-  FUSED_OPTIM_SGD_VARIANT(sgd_momentum_##SUFFIX, T, true, false)                                       \
-  FUSED_OPTIM_SGD_VARIANT(sgd_momentum_first_##SUFFIX, T, true, true)                                  \
-  void sgd_dispatch(T* p, const T* g, state_t<T>* buf, int64_t n, const SgdScalars<compute_t<T>>& s,  \
-                    bool momentum, bool first) {                                                       \
-    if (!momentum) {                                                                                   \
-      sgd_##SUFFIX(p, g, buf, n, s);                                                                   \
-    } else if (first) {                                                                                \
-      sgd_momentum_first_##SUFFIX(p, g, buf, n, s);                                                    \
-    } else {                                                                                           \
-      sgd_momentum_##SUFFIX(p, g, buf, n, s);                                                          \
-    }                                                                                                  \
-  }
+int extra_state(int64_t master) { return master == kMasterFp32 || master == kMasterKahan ? 1 : 0; }
 
-FUSED_OPTIM_SGD_DTYPE(f32, float)
-FUSED_OPTIM_SGD_DTYPE(f64, double)
-FUSED_OPTIM_SGD_DTYPE(bf16, bf16_bits)
-FUSED_OPTIM_SGD_DTYPE(f16, half_t)
-
-int n_state(const int64_t* flags) { return flags[kMomentumOn] ? 1 : 0; }
+int n_state(const int64_t* flags) { return (flags[kMomentumOn] ? 1 : 0) + extra_state(flags[kMaster]); }
 
 void prepare(const double*, const int64_t*, double, double*) {}
 
 void update(c10::ScalarType dtype, const Streams& st, int64_t n, const UpdateArgs& args) {
-  dispatch_param_type(dtype, "sgd", [&](auto* ptag, auto* stag) {
+  const bool momentum = args.flags[kMomentumOn] != 0;
+  dispatch_low_precision(dtype, args.flags[kStateBf16] != 0, args.flags[kMaster], "sgd",
+                         [&](auto* ptag, auto* stag, auto master_kind) {
     using T = std::remove_pointer_t<decltype(ptag)>;
     using S = std::remove_pointer_t<decltype(stag)>;
+    constexpr int M = decltype(master_kind)::value;
     const SgdScalars<compute_t<T>> scalars(args);
-    sgd_dispatch(static_cast<T*>(st.param), static_cast<const T*>(st.grad), static_cast<S*>(st.state[0]), n, scalars,
-                 args.flags[kMomentumOn] != 0, args.first);
+    const size_t extra_size = M == kMasterFp32 ? sizeof(float) : sizeof(T);
+    for_key_ranges(args.offset, n, [&](int64_t begin, int64_t count) {
+      const RoundingKeys keys(static_cast<uint32_t>(args.scalars[kRoundingKey]), args.tensor_key, args.offset + begin);
+      T* p = static_cast<T*>(st.param) + begin;
+      const T* g = static_cast<const T*>(st.grad) + begin;
+      S* buf = momentum ? static_cast<S*>(st.state[0]) + begin : nullptr;
+      void* master = extra_state(M) ? static_cast<char*>(st.state[momentum ? 1 : 0]) + begin * extra_size : nullptr;
+      if (!momentum) {
+        sgd_variant<T, S, M, false, false>(p, g, buf, master, count, scalars, keys);
+      } else if (args.first) {
+        sgd_variant<T, S, M, true, true>(p, g, buf, master, count, scalars, keys);
+      } else {
+        sgd_variant<T, S, M, true, false>(p, g, buf, master, count, scalars, keys);
+      }
+    });
   });
 }
 

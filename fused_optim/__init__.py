@@ -19,7 +19,7 @@ from .nn import (
 )
 from .ops.batch_norm import batch_norm
 from .ops.layer_norm import layer_norm
-from .optim import SGD, Adagrad, Adam, AdamW, RMSprop
+from .optim import SGD, Adagrad, Adam, AdamW, RMSprop, strip_state_dict
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "AdamW",
     "RMSprop",
     "Adagrad",
+    "strip_state_dict",
     "clip_grad_norm_",
     "clip_grad_value_",
     "clip_grads_with_norm_",

@@ -24,10 +24,35 @@ def compute_dtype(dtype):
     return torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32
 
 
-def state_dtype(dtype):
-    """The dtype of optimizer state for parameters of ``dtype``: float32 for 16-bit floats, so no
-    moment overflows and no ``eps`` flushes to zero; the parameter's own dtype otherwise."""
+def state_dtype(dtype, requested=None):
+    """The dtype of optimizer moment/accumulator state for parameters of ``dtype``: ``requested``
+    (a group's ``state_dtype`` option) when it is bfloat16; else (None or float32) float32 for 16-bit
+    floats, so no moment overflows and no ``eps`` flushes to zero, and the parameter's own dtype
+    otherwise."""
+    if requested == torch.bfloat16:
+        return requested
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+#: ``master_weights`` kinds, as the kernels' MASTER flag numbers them
+MASTER_KINDS = {None: 0, "fp32": 1, "kahan": 2, "stochastic": 3}
+#: the state key each kind adds after the optimizer's own (its dtype: ``master_dtype``)
+MASTER_KEYS = {None: (), "fp32": ("master_param",), "kahan": ("kahan_comp",), "stochastic": ()}
+#: what ``state_dtype=`` accepts
+STATE_DTYPES = (None, torch.float32, torch.bfloat16)
+
+
+def master_dtype(key, dtype):
+    """The dtype of a master-weight state tensor of a parameter of ``dtype``: ``master_param`` is
+    float32, ``kahan_comp`` the parameter's own 16-bit dtype."""
+    return torch.float32 if key == "master_param" else dtype
+
+
+def state_dtypes(dtype, keys, requested=None):
+    """The dtype of each state tensor in ``keys`` (the optimizer's own, then the master-weight
+    key) for parameters of real dtype ``dtype``: the one place that says what each state holds."""
+    return tuple(master_dtype(k, dtype) if k in ("master_param", "kahan_comp") else state_dtype(dtype, requested)
+                 for k in keys)
 
 
 def real_dtype(t):
@@ -73,22 +98,63 @@ def write_back(copies):
 class LaunchRow:
     """One int64 row per tensor of a multi-tensor optimizer launch: the data addresses of the
     parameter, its gradient and up to MAX_STATE state tensors (0 when absent), its element count
-    (real elements) and the address of its float32 counter (step count or first-step flag).
+    (real elements), the address of its float32 counter (step count or first-step flag) and its
+    rounding id (the parameter's index in the optimizer, the "tensor" of stochastic rounding's key).
 
     The C++ plan writes these rows (csrc/optimizer.h, ``launch_row``, exported as
     ``_C.LAUNCH_ROW``), the Triton kernels read them (as constexprs), and the no-compiler
     bookkeeper builds them; tests/test_launch_layout.py checks that all agree.
     """
 
-    WORDS = 8
+    WORDS = 9
     PARAM = 0
     GRAD = 1
     STATE = 2
     MAX_STATE = 4
     NUMEL = 6
     COUNTER = 7
+    KEY = 8
 
 
 #: at most this many float64 kernel scalars and compile-time flags per param group (a spec's fold)
 MAX_KERNEL_SCALARS = 8
 MAX_KERNEL_FLAGS = 8
+
+
+# ----- stochastic rounding: a counter-based hash, the same on every backend --------------------
+#
+# Each rounded value takes 32 random bits r = mix(mix(element_lo ^ k1) ^ k2 ^ element_hi), where
+# (k1, k2) are derived from the step key (the seed and the group's rounding step, folded on the
+# host: ``rounding_step_key``), the tensor's rounding id and the stream (0: the parameter, 1 + k:
+# state tensor k) by ``rounding_stream_keys``. ``mix`` is a bijection of 32-bit words, so for one
+# (step, tensor, stream) the map from element to r is a bijection: over any 2**32 consecutive
+# elements every r occurs once, so each bit pattern of r's low bits is equally likely and the
+# rounding is unbiased (tests/test_optim_master_weights.py measures it).
+
+MASK32 = 0xFFFFFFFF
+MIX_1 = 0x7FEB352D
+MIX_2 = 0x846CA68B
+GOLDEN = 0x9E3779B9
+
+
+def mix32(x):
+    """A 32-bit integer hash (a bijection): xor-shift-multiply, on Python ints."""
+    x &= MASK32
+    x ^= x >> 16
+    x = (x * MIX_1) & MASK32
+    x ^= x >> 15
+    x = (x * MIX_2) & MASK32
+    x ^= x >> 16
+    return x
+
+
+def rounding_step_key(seed, step):
+    """The 32-bit key of one step of a param group: from the 64-bit seed and the step number."""
+    seed &= (1 << 64) - 1
+    return mix32(mix32(mix32(step & MASK32) ^ (seed & MASK32)) ^ (seed >> 32))
+
+
+def rounding_stream_keys(step_key, tensor, stream):
+    """(k1, k2): the per-element hash's keys for one tensor and stream at one step."""
+    k1 = mix32(mix32(mix32(step_key ^ GOLDEN) ^ (tensor & MASK32)) ^ stream)
+    return k1, mix32(k1 ^ GOLDEN)

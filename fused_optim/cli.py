@@ -124,6 +124,8 @@ def build_parser():
     bench.add_argument("--time-per-case", type=_positive_float, metavar="SECONDS", help="timing budget per op and workload, all providers together (default: 1, --quick: 0.02)")
     bench.add_argument("--json", metavar="PATH", help="write all results as JSON (rewritten after each case)")
     bench.add_argument("--csv", metavar="PATH", help="write the result rows as CSV")
+    bench.add_argument("--master-weights", choices=["fp32", "kahan", "stochastic"], help="fused_optim's optimizers with this master_weights option (use --dtype bfloat16 or float16); the byte model counts what it moves")
+    bench.add_argument("--state-dtype", choices=["float32", "bfloat16"], help="fused_optim's optimizers with this state_dtype; the byte model counts what it moves")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG chart of speedups over torch's best (needs matplotlib)")
 
     check = commands.add_parser(
@@ -179,6 +181,12 @@ def cmd_bench(args, parser):
     plot_path = _output_path(args.plot, "--plot", parser)
     if plot_path and report.plot_available():
         parser.error(report.plot_available())
+    if args.master_weights or args.state_dtype:
+        import torch
+
+        from .benchmark.ops import with_low_precision
+
+        OPS.update(with_low_precision(ops, args.master_weights, getattr(torch, args.state_dtype) if args.state_dtype else None))
     cases = runner.plan_cases(ops, workload_names, dtypes)
     if not cases:
         parser.error(f"none of the ops {', '.join(ops)} runs on the workloads {', '.join(workload_names)}")

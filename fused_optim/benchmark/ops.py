@@ -305,3 +305,30 @@ OPS = {
         *NORM_OPS,
     ]
 }
+
+
+#: moment tensors of each optimizer op as configured above (its byte model's n_state)
+_N_STATE = {"sgd": 1, "adam": 2, "adamw": 2}
+
+
+def with_low_precision(names, master_weights=None, state_dtype=None):
+    """The optimizer ops among ``names`` with fused_optim's low-precision options set on the
+    fused_optim providers (torch's run as they are, on the same parameters) and the byte model
+    counting what the options move (traffic.low_precision_step). ``bench --master-weights`` and
+    ``--state-dtype`` run these in place of the plain ops."""
+    replaced = {}
+    for name in names:
+        op = OPS[name]
+        providers = op.providers
+        if name not in _N_STATE or not (isinstance(providers, functools.partial) and providers.func is optimizer_providers):
+            continue
+        fo_class, torch_class, config = providers.args
+        n_state = _N_STATE[name]
+        options = dict(master_weights=master_weights, state_dtype=state_dtype)
+        replaced[name] = dataclasses.replace(
+            op,
+            config={**op.config, "master_weights": master_weights, "state_dtype": str(state_dtype)},
+            bytes_per_element=lambda dtype, n=n_state: traffic.low_precision_step(dtype, n, master_weights, state_dtype),
+            providers=functools.partial(optimizer_providers, functools.partial(fo_class, **options), torch_class, config),
+        )
+    return replaced

@@ -7,6 +7,7 @@ state for 16-bit parameters and so moves fewer bytes than counted there.
 
 import torch
 
+from .._layout import state_dtype as layout_state_dtype
 from ..reference.optim import state_dtype
 
 
@@ -23,6 +24,17 @@ def optimizer_step(param_dtype, n_state):
     param = element_size(param_dtype)
     state = element_size(state_dtype(param_dtype))
     return 3 * param + 2 * n_state * state
+
+
+def low_precision_step(param_dtype, n_state, master_weights=None, requested_state=None):
+    """An optimizer step under fused_optim's low-precision options: param, grad and ``n_state``
+    moments as optimizer_step, the moments in ``state_dtype``; "fp32" master weights add a float32
+    copy read and written (8 B), "kahan" a 16-bit compensation read and written, "stochastic"
+    nothing. bfloat16 Adam with bfloat16 state and stochastic rounding: 14 B (fp32 Adam: 28)."""
+    param = element_size(param_dtype)
+    state = element_size(layout_state_dtype(param_dtype, requested_state))
+    extra = {None: 0, "stochastic": 0, "fp32": 2 * 4, "kahan": 2 * param}[master_weights]
+    return 3 * param + 2 * n_state * state + extra
 
 
 def copy(nbytes):

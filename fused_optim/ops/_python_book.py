@@ -10,13 +10,15 @@ from .._layout import LaunchRow, flat_views, real, real_dtype, state_dtype, writ
 
 
 class PythonBook:
-    def __init__(self, params, n_state, optimizer):
+    def __init__(self, params, n_state, optimizer, state_dtypes=None, tensor_ids=None):
         self.params = params
         self.n_state = n_state
         self.optimizer = optimizer
         self.dtype = real_dtype(params[0]) if params else torch.float32
         self.device = params[0].device if params else torch.device("cpu")
         self.is_complex = [p.is_complex() for p in params]
+        self.state_dtypes = tuple(state_dtypes) if state_dtypes is not None else (state_dtype(self.dtype),) * n_state
+        self.tensor_ids = list(tensor_ids) if tensor_ids is not None else list(range(len(params)))
         self.state = [None] * len(params)
         self._fresh = [0] * len(params)
         self._active = None
@@ -63,10 +65,9 @@ class PythonBook:
 
     def bind(self, index, state, fresh):
         p = self.params[index]
-        want = state_dtype(real_dtype(p))
         if len(state) != self.n_state:
             raise RuntimeError(f"MultiTensorPlan.bind: expected {self.n_state} state tensors, got {len(state)}")
-        for s in state:
+        for s, want in zip(state, self.state_dtypes):
             if s is None or s.device != p.device or real_dtype(s) != want or s.shape != p.shape:
                 raise RuntimeError(
                     f"{self.optimizer}: state of parameter {index} must be a {want} tensor of shape {list(p.shape)} "
@@ -105,6 +106,7 @@ class PythonBook:
                 row[LaunchRow.STATE + k] = s.data_ptr()
             row[LaunchRow.NUMEL] = flat[0].numel()
             row[LaunchRow.COUNTER] = counters_address + 4 * i
+            row[LaunchRow.KEY] = self.tensor_ids[i]
             rows.append(row)
         return torch.tensor(rows, dtype=torch.int64).reshape(-1, LaunchRow.WORDS)
 

@@ -1,7 +1,7 @@
 """Multi-tensor optimizer plans: the tensors of one (param group, device, real dtype), bound once
 and stepped many times. Every backend's plan has one contract, the only one the frontend calls::
 
-    plan = make_plan(backend, spec, params, steps, n_state)
+    plan = make_plan(backend, spec, params, steps, n_state, state_dtypes, tensor_ids)
     stale, need_state = plan.scan()           # check every gradient; change nothing
     plan.bind(index, state_tensors, fresh)    # attach a parameter's state (created or loaded)
     partials = plan.grad_power_sum(2.0)       # power sums of the scanned gradients (clipping)
@@ -9,6 +9,8 @@ and stepped many times. Every backend's plan has one contract, the only one the 
 
 ``spec`` is the optimizer's description (fused_optim/optim/_spec.py); its kernel is bound when the
 plan is built, so ``update`` takes only the values folded from the group this step.
+``state_dtypes``: the real dtype of each state tensor (fused_optim._layout.state_dtypes);
+``tensor_ids``: each parameter's rounding id, its index in the optimizer (stochastic rounding's key).
 ``grad_factor`` and ``found_inf`` are 0-dim tensors or None (unscale and clip; AMP's skip).
 
 - ``cpp``: the C++ plan does everything, with no per-tensor work in Python.
@@ -26,7 +28,7 @@ import importlib
 import torch
 
 from .. import _backend, _cpp
-from .._layout import real_dtype
+from .._layout import real_dtype, state_dtype
 from ..reference import clip as clip_reference
 from ..reference import optim as reference
 from ._python_book import PythonBook
@@ -37,19 +39,28 @@ def _plain(params):
     return all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type in ("cpu", "cuda") for p in params)
 
 
-def _book(params, n_state, steps, spec, kernel=""):
+def _book(params, n_state, steps, spec, state_dtypes, tensor_ids, kernel=""):
     ext = _cpp.get()
     if ext is not None and _plain(params):
-        return ext.MultiTensorPlan(params, n_state, steps, spec.display_name, kernel)
-    return PythonBook(params, n_state, spec.display_name)
+        return ext.MultiTensorPlan(params, n_state, steps, spec.display_name, kernel, list(state_dtypes),
+                                   list(tensor_ids))
+    return PythonBook(params, n_state, spec.display_name, state_dtypes, tensor_ids)
+
+
+def _defaults(params, n_state, state_dtypes, tensor_ids):
+    if state_dtypes is None:
+        dtype = real_dtype(params[0]) if params else torch.float32
+        state_dtypes = (state_dtype(dtype),) * n_state
+    return tuple(state_dtypes), tuple(range(len(params)) if tensor_ids is None else tensor_ids)
 
 
 class _Plan:
     """What every backend shares: the contract's bookkeeping and the sparse-gradient path."""
 
-    def __init__(self, spec, params, steps, n_state, book):
+    def __init__(self, spec, params, steps, n_state, book, tensor_ids):
         self.spec = spec
         self.params = params
+        self.tensor_ids = tensor_ids
         self.steps = steps
         self.book = book
         self.dtype = real_dtype(params[0]) if params else torch.float32
@@ -98,15 +109,17 @@ class _Plan:
             if self.steps is not None:
                 self.steps[i] += 1
                 step = self.steps[i].item()
-            step_of(p, p.grad, self.state[i], step, self.fresh[i], grad_factor, **named)
+            step_of(p, p.grad, self.state[i], step, self.fresh[i], grad_factor, tensor=self.tensor_ids[i], **named)
             if self.fresh[i]:
                 self.bind(i, self.state[i], False)
 
 
 class CppPlan(_Plan):
-    def __init__(self, spec, params, steps, n_state):
-        book = _cpp.get().MultiTensorPlan(params, n_state, steps, spec.display_name, spec.name)
-        super().__init__(spec, params, steps, n_state, book)
+    def __init__(self, spec, params, steps, n_state, state_dtypes=None, tensor_ids=None):
+        state_dtypes, tensor_ids = _defaults(params, n_state, state_dtypes, tensor_ids)
+        book = _cpp.get().MultiTensorPlan(params, n_state, steps, spec.display_name, spec.name, list(state_dtypes),
+                                          list(tensor_ids))
+        super().__init__(spec, params, steps, n_state, book, tensor_ids)
 
     def _dense_power_sum(self, norm_type):
         return torch.tensor([self.book.grad_norm_power_sum(norm_type)], dtype=torch.float64)
@@ -116,8 +129,10 @@ class CppPlan(_Plan):
 
 
 class ReferencePlan(_Plan):
-    def __init__(self, spec, params, steps, n_state):
-        super().__init__(spec, params, steps, n_state, _book(params, n_state, None, spec))
+    def __init__(self, spec, params, steps, n_state, state_dtypes=None, tensor_ids=None):
+        state_dtypes, tensor_ids = _defaults(params, n_state, state_dtypes, tensor_ids)
+        super().__init__(spec, params, steps, n_state, _book(params, n_state, None, spec, state_dtypes, tensor_ids),
+                         tensor_ids)
         self._step_of = getattr(reference, spec.name)
 
     def _dense_power_sum(self, norm_type):
@@ -138,7 +153,8 @@ class ReferencePlan(_Plan):
             if self.steps is not None:
                 self.steps[i] += 1
                 step = self.steps[i].item()
-            self._step_of(p, p.grad, self.state[i], step, self.fresh[i], grad_factor, **named)
+            self._step_of(p, p.grad, self.state[i], step, self.fresh[i], grad_factor, tensor=self.tensor_ids[i],
+                          **named)
             self.fresh[i] = False
         self.book.finish_step()
 
@@ -148,8 +164,10 @@ class TritonPlan(_Plan):
     counts (``steps``) or first-step flags (``first``); a small kernel advances them after the
     update unless AMP found inf/NaN, so a skipped step needs no host sync."""
 
-    def __init__(self, spec, params, steps, n_state):
-        super().__init__(spec, params, steps, n_state, _book(params, n_state, None, spec))
+    def __init__(self, spec, params, steps, n_state, state_dtypes=None, tensor_ids=None):
+        state_dtypes, tensor_ids = _defaults(params, n_state, state_dtypes, tensor_ids)
+        super().__init__(spec, params, steps, n_state, _book(params, n_state, None, spec, state_dtypes, tensor_ids),
+                         tensor_ids)
         from ..triton import optim as triton_optim
 
         self._launcher = triton_optim
@@ -304,9 +322,9 @@ def backend_for(requested, params, differentiable=False):
 _PLANS = {"cpp": CppPlan, "triton": TritonPlan, "reference": ReferencePlan}
 
 
-def make_plan(backend, spec, params, steps, n_state):
+def make_plan(backend, spec, params, steps, n_state, state_dtypes=None, tensor_ids=None):
     """A plan for ``params`` (one device, one real dtype) on a concrete backend."""
     if params and all(_is_dtensor(p) for p in params):
         locals_ = [p.to_local() for p in params]
-        return LocalShardPlan(_PLANS[backend](spec, locals_, steps, n_state), params)
-    return _PLANS[backend](spec, params, steps, n_state)
+        return LocalShardPlan(_PLANS[backend](spec, locals_, steps, n_state, state_dtypes, tensor_ids), params)
+    return _PLANS[backend](spec, params, steps, n_state, state_dtypes, tensor_ids)

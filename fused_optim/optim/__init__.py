@@ -1,6 +1,7 @@
+from ._base import strip_state_dict
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "strip_state_dict"]

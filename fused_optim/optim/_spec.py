@@ -12,7 +12,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from .._layout import MAX_KERNEL_FLAGS, MAX_KERNEL_SCALARS, state_dtype
+from .._layout import (MASTER_KEYS, MASTER_KINDS, MAX_KERNEL_FLAGS, MAX_KERNEL_SCALARS, rounding_step_key,
+                       state_dtype)
 
 #: counter kinds: a float32 step count per parameter (as torch keeps ``state["step"]``), a
 #: first-step flag per parameter (SGD's momentum buffer starts as the gradient), or none
@@ -21,9 +22,47 @@ FIRST = "first"
 
 
 def zeros_state(group, param, keys):
-    """Each state tensor zero, in the state dtype, with the parameter's memory format."""
-    return {key: torch.zeros_like(param, dtype=state_dtype(param.dtype), memory_format=torch.preserve_format)
+    """Each state tensor zero, in the group's state dtype, with the parameter's memory format."""
+    return {key: torch.zeros_like(param, dtype=group_state_dtype(group, param), memory_format=torch.preserve_format)
             for key in keys}
+
+
+def group_state_dtype(group, param):
+    """The dtype of ``param``'s moment/accumulator state under its group's ``state_dtype`` option."""
+    return state_dtype(param.dtype, group.get("state_dtype"))
+
+
+def master_state(group, param):
+    """The master-weight state of a parameter under its group's ``master_weights`` option: a
+    float32 copy (``master_param``), a zero compensation (``kahan_comp``), or nothing."""
+    master = group.get("master_weights")
+    if master == "fp32":
+        copy = torch.empty_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
+        return {"master_param": copy.copy_(param.detach())}
+    if master == "kahan":
+        return {"kahan_comp": torch.zeros_like(param, memory_format=torch.preserve_format)}
+    return {}
+
+
+def master_bytes(group, element_size):
+    """Bytes per element the group's master weights add to a step: a float32 copy read and
+    written ("fp32"), a 16-bit compensation read and written ("kahan"), nothing otherwise."""
+    return {"fp32": 8, "kahan": 2 * element_size}.get(group.get("master_weights"), 0)
+
+
+#: what every spec's fold appends (``low_precision_fold``), and what every kernel reads last
+LOW_PRECISION_SCALARS = ("rounding_key",)
+LOW_PRECISION_FLAGS = ("master", "state_bf16")
+
+
+def low_precision_fold(group, scalars, flags):
+    """A spec's folded (scalars, flags) with the low-precision options appended: the step key of
+    stochastic rounding (32 bits from the group's seed and rounding step, an exact float64), the
+    master kind (``_layout.MASTER_KINDS``) and whether the moment state is bfloat16."""
+    master = group.get("master_weights")
+    key = rounding_step_key(group["seed"], group["rounding_step"]) if master == "stochastic" else 0
+    return (tuple(scalars) + (float(key),),
+            tuple(flags) + (MASTER_KINDS[master], int(group.get("state_dtype") == torch.bfloat16)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +89,8 @@ class OptimizerSpec:
     sparse: bool = False
     #: group -> None, or raises when the group's options cannot take a sparse gradient
     check_sparse: Optional[Callable] = None
-    #: (group, param_dtype) -> bytes moved per element by one update (the benchmark's byte model)
+    #: (group, element_size, state_size) -> bytes moved per element by one update (master weights
+    #: included, ``master_bytes``)
     bytes_per_element: Optional[Callable] = None
 
     def __post_init__(self):
@@ -59,7 +99,20 @@ class OptimizerSpec:
 
     def named(self, scalars, flags):
         """The folded values as keyword arguments (the reference math's signature)."""
-        return {**dict(zip(self.scalars, scalars)), **{k: bool(v) for k, v in zip(self.flags, flags)}}
+        return {**dict(zip(self.scalars, scalars)), **{k: int(v) for k, v in zip(self.flags, flags)}}
+
+    def keys(self, group):
+        """Every state key of a group besides "step": the optimizer's own (``state_keys``), then
+        the master-weight key of the group's ``master_weights`` option, if any. The kernels see
+        the state tensors in this order."""
+        return tuple(self.state_keys(group)) + MASTER_KEYS[group.get("master_weights")]
+
+    def new_state(self, group, param, keys):
+        """The state created on a parameter's first step (``init_state``), plus its master weights."""
+        own = tuple(self.state_keys(group))
+        state = self.init_state(group, param, own)
+        state.update(master_state(group, param))
+        return {k: state[k] for k in keys}
 
 
 def scalar(value):

@@ -4,9 +4,10 @@ import math
 
 import torch
 
-from ._base import MultiTensorOptimizer
+from ._base import MultiTensorOptimizer, low_precision_defaults
 from ._checks import BACKEND_NOTE, LOW_PRECISION_NOTE, check_fused, check_lr, check_non_negative
-from ._spec import STEP, OptimizerSpec, scalar
+from ._spec import (LOW_PRECISION_FLAGS, LOW_PRECISION_SCALARS, STEP, OptimizerSpec, low_precision_fold,
+                    master_bytes, scalar)
 
 
 def _state_keys(group):
@@ -21,19 +22,21 @@ def _fold(group):
     scalars = (lr, beta1, beta2, scalar(group["eps"]), weight_decay if l2_on else 0.0,
                1.0 - lr * weight_decay if weight_decay != 0 and decoupled else 1.0,
                -1.0 if group["maximize"] else 1.0)
-    return scalars, (int(bool(group["amsgrad"])), int(l2_on), int(math.fabs(1.0 - beta1) < 0.5))
+    return low_precision_fold(group, scalars,
+                              (int(bool(group["amsgrad"])), int(l2_on), int(math.fabs(1.0 - beta1) < 0.5)))
 
 
 def _bytes_per_element(group, element_size, state_size):
     # p and g in, p, m, v in and out (and vmax with amsgrad)
-    return 2 * element_size + element_size + (2 * (3 if group["amsgrad"] else 2)) * state_size
+    return (master_bytes(group, element_size) + 2 * element_size + element_size
+            + (2 * (3 if group["amsgrad"] else 2)) * state_size)
 
 
 ADAM_SPEC = OptimizerSpec(
     name="adam",
     display_name="Adam",
-    scalars=("lr", "beta1", "beta2", "eps", "l2", "decay", "sign"),
-    flags=("amsgrad", "l2_on", "lerp_from_start"),
+    scalars=("lr", "beta1", "beta2", "eps", "l2", "decay", "sign") + LOW_PRECISION_SCALARS,
+    flags=("amsgrad", "l2_on", "lerp_from_start") + LOW_PRECISION_FLAGS,
     counter=STEP,
     state_keys=_state_keys,
     fold=_fold,
@@ -83,12 +86,14 @@ class Adam(MultiTensorOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False, backend=None, max_grad_norm=None):
+                 decoupled_weight_decay=False, backend=None, max_grad_norm=None, master_weights=None, state_dtype=None,
+                 seed=None):
         _check_adam_args(lr, betas, eps, weight_decay, foreach, capturable, fused, differentiable)
         betas = tuple(b.reshape(()) if isinstance(b, torch.Tensor) and b.dim() != 0 else b for b in betas)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
-                        fused=fused, decoupled_weight_decay=decoupled_weight_decay)
+                        fused=fused, decoupled_weight_decay=decoupled_weight_decay,
+                        **low_precision_defaults(master_weights, state_dtype, seed))
         super().__init__(params, defaults, backend, max_grad_norm)
 
     def __setstate__(self, state):
@@ -115,10 +120,11 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False, fused=None, backend=None,
-                 max_grad_norm=None):
+                 max_grad_norm=None, master_weights=None, state_dtype=None, seed=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, backend=backend, max_grad_norm=max_grad_norm)
+                         decoupled_weight_decay=True, backend=backend, max_grad_norm=max_grad_norm,
+                         master_weights=master_weights, state_dtype=state_dtype, seed=seed)
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -2,10 +2,10 @@
 
 import torch
 
-from ._base import MultiTensorOptimizer
+from ._base import MultiTensorOptimizer, low_precision_defaults
 from ._checks import BACKEND_NOTE, check_fused
-from ._spec import FIRST, OptimizerSpec, scalar
-from .._layout import state_dtype
+from ._spec import (LOW_PRECISION_FLAGS, LOW_PRECISION_SCALARS, FIRST, OptimizerSpec, group_state_dtype,
+                    low_precision_fold, master_bytes, scalar)
 
 
 def _state_keys(group):
@@ -16,12 +16,13 @@ def _fold(group):
     momentum, weight_decay = scalar(group["momentum"]), scalar(group["weight_decay"])
     scalars = (scalar(group["lr"]), momentum, scalar(group["dampening"]), weight_decay,
                -1.0 if group["maximize"] else 1.0)
-    return scalars, (int(momentum != 0), int(weight_decay != 0), int(bool(group["nesterov"])))
+    flags = (int(momentum != 0), int(weight_decay != 0), int(bool(group["nesterov"])))
+    return low_precision_fold(group, scalars, flags)
 
 
 def _empty_state(group, param, keys):
     # torch starts the buffer as the gradient on the first step: nothing to initialise
-    return {key: torch.empty_like(param, dtype=state_dtype(param.dtype), memory_format=torch.preserve_format)
+    return {key: torch.empty_like(param, dtype=group_state_dtype(group, param), memory_format=torch.preserve_format)
             for key in keys}
 
 
@@ -31,14 +32,14 @@ def _check_sparse(group):
 
 
 def _bytes_per_element(group, element_size, state_size):
-    return 3 * element_size + (2 * state_size if group["momentum"] != 0 else 0)
+    return master_bytes(group, element_size) + 3 * element_size + (2 * state_size if group["momentum"] != 0 else 0)
 
 
 SGD_SPEC = OptimizerSpec(
     name="sgd",
     display_name="SGD",
-    scalars=("lr", "momentum", "dampening", "weight_decay", "sign"),
-    flags=("momentum_on", "l2", "nesterov"),
+    scalars=("lr", "momentum", "dampening", "weight_decay", "sign") + LOW_PRECISION_SCALARS,
+    flags=("momentum_on", "l2", "nesterov") + LOW_PRECISION_FLAGS,
     counter=FIRST,
     state_keys=_state_keys,
     fold=_fold,
@@ -65,7 +66,8 @@ class SGD(MultiTensorOptimizer):
     spec = SGD_SPEC
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *, maximize=False,
-                 foreach=None, differentiable=False, fused=None, backend=None, max_grad_norm=None):
+                 foreach=None, differentiable=False, fused=None, backend=None, max_grad_norm=None, master_weights=None,
+                 state_dtype=None, seed=None):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if lr < 0.0:
@@ -77,7 +79,8 @@ class SGD(MultiTensorOptimizer):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                        maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused)
+                        maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused,
+                        **low_precision_defaults(master_weights, state_dtype, seed))
         super().__init__(params, defaults, backend, max_grad_norm)
         check_fused(fused, foreach, differentiable)
 

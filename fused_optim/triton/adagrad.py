@@ -4,15 +4,18 @@ The learning rate of each tensor is decayed by its own step, in float64."""
 import triton
 import triton.language as tl
 
-from .common import div_rn, sqrt_rn, to_storage
-from .optim import chunk_end, grad_factor, header_scalar, program_chunk, row_counter, row_grad, row_param, row_state
+from .common import div_rn, sqrt_rn
+from .optim import (chunk_end, grad_factor, header_scalar, load_param, program_chunk, row_counter, row_grad,
+                    row_master, row_param, row_state, store_param, store_state)
+
+KEY = tl.constexpr(5)  # the rounding key's place among the spec's scalars
 
 
 @triton.jit
 def adagrad_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
                    HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
                 FULL: tl.constexpr, ALIGNED: tl.constexpr,
-                   L2: tl.constexpr):
+                   L2: tl.constexpr, MASTER: tl.constexpr, STATE_BF16: tl.constexpr):
     row, start = program_chunk(table, chunks, CHUNK)
     lr = header_scalar(table, 0)
     lr_decay = header_scalar(table, 1)
@@ -25,18 +28,19 @@ def adagrad_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
     p_ptr = row_param(row, P, ALIGNED)
     g_ptr = row_grad(row, P, ALIGNED)
     sum_ptr = row_state(row, 0, S, ALIGNED)
+    x_ptr = row_master(row, 1, MASTER, P, ALIGNED)
     factor = grad_factor(factor_ptr, C, HAS_FACTOR)
     end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF, CHUNK, FULL)
 
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         mask = offs < end
-        param = tl.load(p_ptr + offs, mask=mask, other=0.0).to(C)
+        param = load_param(p_ptr, x_ptr, offs, mask, C, MASTER)
         grad = sign * (tl.load(g_ptr + offs, mask=mask, other=0.0).to(C) * factor)
         if L2:
             grad = grad + weight_decay * param
         total = tl.load(sum_ptr + offs, mask=mask, other=0.0).to(C) + grad * grad
-        tl.store(sum_ptr + offs, total.to(S), mask=mask)
+        store_state(sum_ptr, offs, mask, total, table, row, KEY, 0, S, MASTER)
         param = param + div_rn(neg_clr * grad, sqrt_rn(total) + eps)
-        tl.store(p_ptr + offs, to_storage(param, P), mask=mask)
+        store_param(p_ptr, x_ptr, offs, mask, param, table, row, KEY, P, MASTER)
 

@@ -3,16 +3,19 @@
 import triton
 import triton.language as tl
 
-from .common import div_rn, power, sqrt_rn, to_storage
-from .optim import (chunk_end, grad_factor, header_scalar, program_chunk, row_counter, row_grad, row_param,
-                    row_state)
+from .common import div_rn, power, sqrt_rn
+from .optim import (chunk_end, grad_factor, header_scalar, load_param, program_chunk, row_counter, row_grad,
+                    row_master, row_param, row_state, store_param, store_state)
+
+KEY = tl.constexpr(7)  # the rounding key's place among the spec's scalars
 
 
 @triton.jit
 def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.constexpr, C: tl.constexpr,
                 HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
                 FULL: tl.constexpr, ALIGNED: tl.constexpr,
-                AMSGRAD: tl.constexpr, L2_ON: tl.constexpr, LERP_FROM_START: tl.constexpr):
+                AMSGRAD: tl.constexpr, L2_ON: tl.constexpr, LERP_FROM_START: tl.constexpr, MASTER: tl.constexpr,
+                STATE_BF16: tl.constexpr):
     row, start = program_chunk(table, chunks, CHUNK)
     lr = header_scalar(table, 0)
     beta1 = header_scalar(table, 1)
@@ -21,6 +24,7 @@ def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl
     g_ptr = row_grad(row, P, ALIGNED)
     m_ptr = row_state(row, 0, S, ALIGNED)
     v_ptr = row_state(row, 1, S, ALIGNED)
+    x_ptr = row_master(row, 2 + AMSGRAD, MASTER, P, ALIGNED)
     step = row_counter(row).to(tl.int64) + 1
 
     neg_step_size = (-(lr / (1.0 - power(beta1, step)))).to(C)
@@ -39,7 +43,7 @@ def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         mask = offs < end
-        param = tl.load(p_ptr + offs, mask=mask, other=0.0).to(C)
+        param = load_param(p_ptr, x_ptr, offs, mask, C, MASTER)
         grad = sign * (tl.load(g_ptr + offs, mask=mask, other=0.0).to(C) * factor)
         if L2_ON:
             grad = grad + l2 * param
@@ -56,10 +60,10 @@ def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl
             vmax_ptr = row_state(row, 2, S, ALIGNED)
             v_max = tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(C)
             v_used = tl.where((v > v_max) | (v != v), v, v_max)
-            tl.store(vmax_ptr + offs, v_used.to(S), mask=mask)
+            store_state(vmax_ptr, offs, mask, v_used, table, row, KEY, 2, S, MASTER)
         denom = div_rn(sqrt_rn(v_used), bias_correction2_sqrt) + eps
         param = param + div_rn(neg_step_size * m, denom)
-        tl.store(m_ptr + offs, m.to(S), mask=mask)
-        tl.store(v_ptr + offs, v.to(S), mask=mask)
-        tl.store(p_ptr + offs, to_storage(param, P), mask=mask)
+        store_state(m_ptr, offs, mask, m, table, row, KEY, 0, S, MASTER)
+        store_state(v_ptr, offs, mask, v, table, row, KEY, 1, S, MASTER)
+        store_param(p_ptr, x_ptr, offs, mask, param, table, row, KEY, P, MASTER)
 

@@ -22,9 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .._layout import LaunchRow, MAX_KERNEL_SCALARS, state_dtype
+
+from .._layout import GOLDEN, MIX_1, MIX_2, LaunchRow, MAX_KERNEL_SCALARS, state_dtype
 from . import clip as triton_clip
-from .common import TL_DTYPES, ChunkTable, float64_bits, upload
+from .common import TL_DTYPES, ChunkTable, float64_bits, to_storage, upload
 
 BLOCK = 1024
 CHUNK = 4 * BLOCK
@@ -42,6 +43,10 @@ ROW_GRAD = tl.constexpr(LaunchRow.GRAD)
 ROW_STATE = tl.constexpr(LaunchRow.STATE)
 ROW_NUMEL = tl.constexpr(LaunchRow.NUMEL)
 ROW_COUNTER = tl.constexpr(LaunchRow.COUNTER)
+ROW_KEY = tl.constexpr(LaunchRow.KEY)
+HASH_MIX_1 = tl.constexpr(MIX_1)
+HASH_MIX_2 = tl.constexpr(MIX_2)
+HASH_GOLDEN = tl.constexpr(GOLDEN)
 TABLE_HEADER = tl.constexpr(HEADER)
 
 _chunks = ChunkTable(CHUNK)
@@ -90,6 +95,103 @@ def row_state(row, k: tl.constexpr, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 def row_counter(row):
     """The tensor's float32 counter before this update (the launcher advances it afterwards)."""
     return tl.load(tl.load(row + ROW_COUNTER).to(tl.pointer_type(tl.float32)))
+
+
+# ----- the low-precision options (MASTER, STATE_BF16 flags; csrc/element_loop.h, rounding.h) ----
+
+
+@triton.jit
+def mix32(x):
+    """The 32-bit hash of stochastic rounding (fused_optim._layout.mix32), on uint32 values."""
+    x = x ^ (x >> 16)
+    x = x * HASH_MIX_1
+    x = x ^ (x >> 15)
+    x = x * HASH_MIX_2
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def rounding_keys(table, row, key_index, stream):
+    """(k1, k2) of this tensor's ``stream`` (0: parameter, 1 + k: state k) at this step, from the
+    group's step key (kernel scalar ``key_index``) and the row's rounding id."""
+    step_key = header_scalar(table, key_index).to(tl.int64).to(tl.uint32)
+    tensor = tl.load(row + ROW_KEY).to(tl.uint32)
+    k1 = mix32(mix32(mix32(step_key ^ HASH_GOLDEN) ^ tensor) ^ stream)
+    return k1, mix32(k1 ^ HASH_GOLDEN)
+
+
+@triton.jit
+def random_bits(offs, table, row, key_index, stream):
+    """32 random bits per element index ``offs`` (int64)."""
+    k1, k2 = rounding_keys(table, row, key_index, stream)
+    return mix32(mix32(offs.to(tl.uint32) ^ k1) ^ k2 ^ (offs >> 32).to(tl.uint32))
+
+
+@triton.jit
+def stochastic_storage(x, r, DTYPE: tl.constexpr):
+    """``x`` rounded to bfloat16 or float16 up or down with probability proportional to the
+    distance, from the random bits ``r`` (as csrc/rounding.h's store_stochastic)."""
+    x = x.to(tl.float32)
+    bits = x.to(tl.uint32, bitcast=True)
+    if DTYPE == tl.bfloat16:
+        out = (bits + (r & 0xFFFF)) >> 16
+        out = tl.where(x != x, 0x7FC0, out)
+        return out.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        normal = ((bits + (r & 0x1FFF)) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        scaled = tl.abs(x) * 16777216.0
+        whole = tl.floor(scaled)
+        u = (r >> 8).to(tl.float32) * (1.0 / 16777216.0)
+        tiny = (whole + tl.where(u < scaled - whole, 1.0, 0.0)) * (1.0 / 16777216.0)
+        tiny = tl.where(x < 0, -tiny, tiny)
+        y = tl.where(x != x, x, tl.where(tl.abs(x) >= 6.103515625e-05, normal, tiny))
+        return y.to(tl.float16)
+
+
+@triton.jit
+def row_master(row, k: tl.constexpr, MASTER: tl.constexpr, P: tl.constexpr, ALIGNED: tl.constexpr):
+    """The master-weight state (state ``k``): float32 for MASTER 1, the parameter dtype for 2."""
+    if MASTER == 1:
+        return row_state(row, k, tl.float32, ALIGNED)
+    else:
+        return row_state(row, k, P, ALIGNED)
+
+
+@triton.jit
+def load_param(p_ptr, x_ptr, offs, mask, C: tl.constexpr, MASTER: tl.constexpr):
+    """The parameter as the update sees it: the float32 master copy, value plus Kahan
+    compensation, or the parameter itself."""
+    if MASTER == 1:
+        return tl.load(x_ptr + offs, mask=mask, other=0.0).to(C)
+    elif MASTER == 2:
+        return tl.load(p_ptr + offs, mask=mask, other=0.0).to(C) + tl.load(x_ptr + offs, mask=mask, other=0.0).to(C)
+    else:
+        return tl.load(p_ptr + offs, mask=mask, other=0.0).to(C)
+
+
+@triton.jit
+def store_param(p_ptr, x_ptr, offs, mask, value, table, row, key_index, P: tl.constexpr, MASTER: tl.constexpr):
+    """Store the updated parameter (and its master copy or compensation) as MASTER says."""
+    if MASTER == 1:
+        tl.store(x_ptr + offs, value.to(tl.float32), mask=mask)
+        tl.store(p_ptr + offs, to_storage(value, P), mask=mask)
+    elif MASTER == 2:
+        rounded = to_storage(value, P)
+        tl.store(p_ptr + offs, rounded, mask=mask)
+        tl.store(x_ptr + offs, to_storage(value - rounded.to(value.dtype), P), mask=mask)
+    elif MASTER == 3:
+        tl.store(p_ptr + offs, stochastic_storage(value, random_bits(offs, table, row, key_index, 0), P), mask=mask)
+    else:
+        tl.store(p_ptr + offs, to_storage(value, P), mask=mask)
+
+
+@triton.jit
+def store_state(ptr, offs, mask, value, table, row, key_index, k, S: tl.constexpr, MASTER: tl.constexpr):
+    """Store state ``k``: bfloat16 state rounded stochastically under MASTER 3, else to nearest."""
+    if MASTER == 3 and S == tl.bfloat16:
+        tl.store(ptr + offs, stochastic_storage(value, random_bits(offs, table, row, key_index, 1 + k), S), mask=mask)
+    else:
+        tl.store(ptr + offs, to_storage(value, S), mask=mask)
 
 
 @triton.jit
@@ -197,7 +299,8 @@ def launch(kernel, table, rows, param_dtype, device, scalars, flags, grad_factor
     if rows.shape[0] == 0:
         return
     table.set_scalars(scalars)
-    constants = dict(P=TL_DTYPES[param_dtype], S=TL_DTYPES[state_dtype(param_dtype)],
+    state = state_dtype(param_dtype, torch.bfloat16 if flags.get("STATE_BF16") else None)
+    constants = dict(P=TL_DTYPES[param_dtype], S=TL_DTYPES[state],
                      C=tl.float64 if param_dtype == torch.float64 else tl.float32, HAS_FACTOR=grad_factor is not None,
                      HAS_FOUND_INF=found_inf is not None, BLOCK=BLOCK, CHUNK=CHUNK, **flags)
     device_table = table.table

@@ -4,8 +4,11 @@ then momentum_buffer with momentum, then grad_avg when centered."""
 import triton
 import triton.language as tl
 
-from .common import div_rn, sqrt_rn, to_storage
-from .optim import chunk_end, grad_factor, header_scalar, program_chunk, row_grad, row_param, row_state
+from .common import div_rn, sqrt_rn
+from .optim import (chunk_end, grad_factor, header_scalar, load_param, program_chunk, row_grad, row_master,
+                    row_param, row_state, store_param, store_state)
+
+KEY = tl.constexpr(6)  # the rounding key's place among the spec's scalars
 
 
 @triton.jit
@@ -13,7 +16,7 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
                    HAS_FACTOR: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
                 FULL: tl.constexpr, ALIGNED: tl.constexpr,
                    CENTERED: tl.constexpr, MOMENTUM_ON: tl.constexpr, L2: tl.constexpr,
-                   LERP_FROM_START: tl.constexpr):
+                   LERP_FROM_START: tl.constexpr, MASTER: tl.constexpr, STATE_BF16: tl.constexpr):
     row, start = program_chunk(table, chunks, CHUNK)
     neg_lr = (-header_scalar(table, 0)).to(C)
     alpha64 = header_scalar(table, 1)
@@ -27,18 +30,19 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
     p_ptr = row_param(row, P, ALIGNED)
     g_ptr = row_grad(row, P, ALIGNED)
     sq_ptr = row_state(row, 0, S, ALIGNED)
+    x_ptr = row_master(row, 1 + MOMENTUM_ON + CENTERED, MASTER, P, ALIGNED)
     factor = grad_factor(factor_ptr, C, HAS_FACTOR)
     end = chunk_end(row, start, found_inf_ptr, HAS_FOUND_INF, CHUNK, FULL)
 
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         mask = offs < end
-        param = tl.load(p_ptr + offs, mask=mask, other=0.0).to(C)
+        param = load_param(p_ptr, x_ptr, offs, mask, C, MASTER)
         grad = sign * (tl.load(g_ptr + offs, mask=mask, other=0.0).to(C) * factor)
         if L2:
             grad = grad + weight_decay * param
         sq = tl.load(sq_ptr + offs, mask=mask, other=0.0).to(C) * alpha + (one_minus_alpha * grad) * grad
-        tl.store(sq_ptr + offs, sq.to(S), mask=mask)
+        store_state(sq_ptr, offs, mask, sq, table, row, KEY, 0, S, MASTER)
         if CENTERED:
             ga_ptr = row_state(row, 1 + MOMENTUM_ON, S, ALIGNED)
             ga = tl.load(ga_ptr + offs, mask=mask, other=0.0).to(C)
@@ -46,7 +50,7 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
                 ga = ga + one_minus_alpha * (grad - ga)
             else:
                 ga = grad - (grad - ga) * one_minus_weight
-            tl.store(ga_ptr + offs, ga.to(S), mask=mask)
+            store_state(ga_ptr, offs, mask, ga, table, row, KEY, 1 + MOMENTUM_ON, S, MASTER)
             avg = sqrt_rn(sq + (-ga) * ga)
         else:
             avg = sqrt_rn(sq)
@@ -54,9 +58,9 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
         if MOMENTUM_ON:
             buf_ptr = row_state(row, 1, S, ALIGNED)
             buf = tl.load(buf_ptr + offs, mask=mask, other=0.0).to(C) * momentum + div_rn(grad, avg)
-            tl.store(buf_ptr + offs, buf.to(S), mask=mask)
+            store_state(buf_ptr, offs, mask, buf, table, row, KEY, 1, S, MASTER)
             param = param + neg_lr * buf
         else:
             param = param + div_rn(neg_lr * grad, avg)
-        tl.store(p_ptr + offs, to_storage(param, P), mask=mask)
+        store_param(p_ptr, x_ptr, offs, mask, param, table, row, KEY, P, MASTER)
 

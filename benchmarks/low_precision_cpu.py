@@ -1,0 +1,98 @@
+"""Adam on one 16.8M-element tensor on the CPU under each low-precision option: time per step,
+GB/s of the byte model (fused_optim.benchmark.traffic.low_precision_step), percent of the
+measured copy bandwidth (the roofline), and ratios to fp32 Adam and to torch's fused Adam on the
+same bfloat16 parameters, all measured in one process, interleaved, medians.
+
+    PYTHONPATH=. python benchmarks/low_precision_cpu.py [--repeats 15] [--json PATH]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+import fused_optim as fo
+from fused_optim.benchmark import traffic
+
+N = 1 << 24  # 16.8M elements
+
+
+def copy_gbps(repeats):
+    src = torch.empty(N * 2, dtype=torch.float32).normal_()
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() * 4 / statistics.median(times) / 1e9
+
+
+def case(dtype, master=None, state=None, torch_fused=False):
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(N, generator=g).to(dtype).requires_grad_()
+    p.grad = (torch.randn(N, generator=g) * 1e-2).to(dtype)
+    if torch_fused:
+        opt = torch.optim.Adam([p], lr=1e-3, fused=True)
+    else:
+        opt = fo.Adam([p], lr=1e-3, backend="cpp", master_weights=master, state_dtype=state)
+    opt.step()  # state created, plans built
+    return opt
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    bf16 = torch.bfloat16
+    cases = {
+        "fp32 Adam (fp32 state)": (torch.float32, None, None, False),
+        "torch fused=True, bf16 params": (bf16, None, None, True),
+        "bf16, fp32 state": (bf16, None, None, False),
+        "bf16, bf16 state": (bf16, None, bf16, False),
+        "bf16, bf16 state, stochastic": (bf16, "stochastic", bf16, False),
+        "bf16, fp32 state, stochastic": (bf16, "stochastic", None, False),
+        "bf16, bf16 state, kahan": (bf16, "kahan", bf16, False),
+        "bf16, bf16 state, fp32 master": (bf16, "fp32", bf16, False),
+    }
+    bandwidth = copy_gbps(args.repeats)
+    optimizers = {name: case(*spec) for name, spec in cases.items()}
+    times = {name: [] for name in cases}
+    for _ in range(3):  # warm-up
+        for opt in optimizers.values():
+            opt.step()
+    for _ in range(args.repeats):
+        for name, opt in optimizers.items():
+            start = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - start)
+    bandwidth = max(bandwidth, copy_gbps(args.repeats))
+    load = os.getloadavg()[0]
+    median = {name: statistics.median(t) for name, t in times.items()}
+    rows = []
+    print(f"copy bandwidth {bandwidth:.1f} GB/s, load average {load:.1f} on {os.cpu_count()} cores, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'case':34} {'ms':>7} {'B/el':>5} {'GB/s':>6} {'%copy':>6} {'vs fp32':>8} {'vs torch':>8}")
+    for name, (dtype, master, state, torch_fused) in cases.items():
+        per_element = traffic.low_precision_step(dtype, 2, master, state)
+        gbps = N * per_element / median[name] / 1e9
+        row = dict(case=name, ms=median[name] * 1e3, bytes_per_element=per_element, gbps=gbps,
+                   pct_of_copy=100 * gbps / bandwidth,
+                   speedup_vs_fp32=median["fp32 Adam (fp32 state)"] / median[name],
+                   speedup_vs_torch_fused=median["torch fused=True, bf16 params"] / median[name])
+        rows.append(row)
+        print(f"{name:34} {row['ms']:7.2f} {per_element:5d} {gbps:6.1f} {row['pct_of_copy']:6.1f} "
+              f"{row['speedup_vs_fp32']:8.2f} {row['speedup_vs_torch_fused']:8.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(copy_gbps=bandwidth, load_average=load, cpus=os.cpu_count(),
+                           threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                           rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
