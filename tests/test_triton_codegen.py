@@ -151,7 +151,7 @@ def _optimizer(name, dtype, offset=0):
     cls, kwargs = OPTIMIZERS[name]
     params = [torch.nn.Parameter(torch.randn(n + offset, dtype=dtype)[offset:]) for n in (4096 * 3 + 100, 4096, 7)]
     for p in params:
-        p.grad = torch.randn_like(p)
+        p.grad = torch.randn(p.numel() + offset, dtype=dtype)[offset:]
     opt = getattr(fused_optim, cls)(params, lr=1e-3, backend="triton", max_grad_norm=1.0, **kwargs)
 
     def step():

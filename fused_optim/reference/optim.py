@@ -123,10 +123,12 @@ class _LowPrecision:
 
 
 def _lerp(start, end, weight):
-    # torch.lerp's two formulas, chosen by the size of the weight, for bit-level agreement.
+    # torch.lerp's two formulas, chosen by the size of the weight, for bit-level agreement; torch
+    # takes the weight in the compute dtype first, so 1 - weight is computed in that dtype too.
     if abs(weight) < 0.5:
         return start + weight * (end - start)
-    return end - (end - start) * (1 - weight)
+    one_minus = 1 - torch.tensor(weight, dtype=start.dtype)
+    return end - (end - start) * one_minus.item()
 
 
 def _scaled(grad, compute, grad_factor, sign=1.0):
