@@ -247,6 +247,8 @@ class LaunchTable:
         self.table = None
         self._rows = None
         self._header = None
+        #: (whole aligned chunks, every other chunk): recomputed only when the rows change
+        self.chunks = None
         #: how many copies to the device were made (what the steady-state tests count)
         self.uploads = 0
 
@@ -259,10 +261,12 @@ class LaunchTable:
         if self.table is None or self._rows.shape != rows.shape:
             header = self._header if self._header is not None else torch.zeros(HEADER, dtype=torch.int64)
             self.table = self._copy(torch.cat([header, rows.reshape(-1)]))
-            self._rows = rows.clone()
         elif not torch.equal(rows, self._rows):
             self.table[HEADER:].copy_(self._copy(rows.reshape(-1)), non_blocking=True)
-            self._rows = rows.clone()
+        else:
+            return
+        self._rows = rows.clone()
+        self.chunks = chunk_tables(rows, self.device)
 
     def set_scalars(self, scalars):
         header = float64_bits(list(scalars) + [0.0] * (HEADER - len(scalars)))
@@ -306,7 +310,7 @@ def launch(kernel, table, rows, param_dtype, device, scalars, flags, grad_factor
     device_table = table.table
     factor = grad_factor if grad_factor is not None else device_table
     skip = found_inf if found_inf is not None else device_table
-    for chunks, full in zip(chunk_tables(rows, device), (True, False)):
+    for chunks, full in zip(table.chunks, (True, False)):
         if chunks.shape[0] > 0:
             kernel[(chunks.shape[0],)](device_table, chunks, factor, skip, FULL=full, ALIGNED=full,
                                        num_warps=num_warps(param_dtype), **constants)
