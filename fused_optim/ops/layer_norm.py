@@ -226,12 +226,32 @@ def _op_backward(ctx, dy, _dmean, _drstd):
 layer_norm_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
+def _cpp_composite_backward(dy, x, weight, bias, mean, rstd, normalized_ndim, eps, need_dx, need_dweight, need_dbias):
+    """The backward the C++ autograd path hands back to Python: a graph being built, or a
+    gradient that is not a plain tensor (batched gradients, a subclass, a dispatch mode)."""
+    return _backward_on_path(_backward_path(dy), dy, x, weight, bias, mean, rstd, normalized_ndim, eps,
+                             (need_dx, need_dweight, need_dbias), "cpp")
+
+
+_cpp_autograd_extension = None
+
+
+def _cpp_autograd():
+    """The C++ extension, its ``layer_norm_autograd`` told which Python backward to fall back on."""
+    global _cpp_autograd_extension
+    if _cpp_autograd_extension is None:
+        extension = _cpp.get()
+        extension.set_layer_norm_composite_backward(_cpp_composite_backward)
+        _cpp_autograd_extension = extension
+    return _cpp_autograd_extension
+
+
 def _check_parameter(name, t, normalized_shape, x):
     if t is None:
         return
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"layer_norm: {name} must be a tensor or None, got {type(t).__name__}")
-    if tuple(t.shape) != normalized_shape:
+    if t.shape != normalized_shape:
         raise RuntimeError(
             f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape {list(t.shape)} "
             f"and normalized_shape = {list(normalized_shape)}"
@@ -245,7 +265,7 @@ def _check_parameter(name, t, normalized_shape, x):
 def normalized_shape_tuple(normalized_shape):
     if isinstance(normalized_shape, numbers.Integral):
         return (int(normalized_shape),)
-    return tuple(int(s) for s in normalized_shape)
+    return tuple(map(int, normalized_shape))
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend=None):
@@ -264,7 +284,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
             "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, "
             "but got normalized_shape = []"
         )
-    if input.dim() < len(shape) or tuple(input.shape[input.dim() - len(shape):]) != shape:
+    if input.dim() < len(shape) or input.shape[input.dim() - len(shape):] != shape:
         raise RuntimeError(
             f"Given normalized_shape={list(shape)}, expected input with shape [*, {', '.join(map(str, shape))}], "
             f"but got input of size{list(input.shape)}"
@@ -281,5 +301,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
     if not torch.compiler.is_compiling():
         name = _backend.resolve(name, input.device)
     if path == _route.FAST:
+        if name == "cpp" and input.numel() > 0:
+            # One call: the C++ autograd Function runs the kernels and records a C++ backward.
+            return _cpp_autograd().layer_norm_autograd(input, weight, bias, len(shape), float(eps))
         return LayerNormFunction.apply(input, weight, bias, len(shape), float(eps), name)
     return torch.ops.fused_optim.layer_norm_forward(input, weight, bias, len(shape), float(eps), name)[0]
