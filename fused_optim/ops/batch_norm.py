@@ -405,7 +405,9 @@ def prepare_batch_norm(input, running_mean, running_var, weight, bias, training,
     name = _backend.validate_name(backend)
     check_batch_norm(input, running_mean, running_var, weight, bias, training, eps)
     path = _route.route(input, weight, bias, running_mean, running_var)
-    if path != _route.COMPOSITE and not torch.compiler.is_compiling():
+    if path == _route.FAST:
+        name = _route.resolve_eager(name, input.device)
+    elif path == _route.OP and not torch.compiler.is_compiling():
         name = _backend.resolve(name, input.device)
     return path, name
 

@@ -294,15 +294,16 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
     _check_parameter("weight", weight, shape, input)
     _check_parameter("bias", bias, shape, input)
     path = _route.route(input, weight, bias)
+    if path == _route.FAST:
+        name = _route.resolve_eager(name, input.device)
+        if name == "cpp" and input.numel() > 0:
+            # One call: the C++ autograd Function runs the kernels and records a C++ backward.
+            return _cpp_autograd().layer_norm_autograd(input, weight, bias, len(shape), float(eps))
+        return LayerNormFunction.apply(input, weight, bias, len(shape), float(eps), name)
     if path == _route.COMPOSITE:
         return layer_norm_composite(input, len(shape), weight, bias, float(eps))
     # An explicit backend that cannot run these tensors is an error now, unless this is a trace:
     # then the compiled code resolves it when it runs.
     if not torch.compiler.is_compiling():
         name = _backend.resolve(name, input.device)
-    if path == _route.FAST:
-        if name == "cpp" and input.numel() > 0:
-            # One call: the C++ autograd Function runs the kernels and records a C++ backward.
-            return _cpp_autograd().layer_norm_autograd(input, weight, bias, len(shape), float(eps))
-        return LayerNormFunction.apply(input, weight, bias, len(shape), float(eps), name)
     return torch.ops.fused_optim.layer_norm_forward(input, weight, bias, len(shape), float(eps), name)[0]
