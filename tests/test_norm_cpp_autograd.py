@@ -157,3 +157,22 @@ def test_errors_leave_state_unchanged():
     with pytest.raises(RuntimeError):
         fo.batch_norm(x, mean, var, torch.ones(3, dtype=torch.int64), training=True, backend="cpp")
     assert torch.equal(mean, torch.zeros(3)) and torch.equal(var, torch.ones(3))
+
+
+def test_backward_under_a_dispatch_mode_and_in_inference_mode():
+    """A backward run while a dispatch mode is active goes through the registered ops (the C++
+    backward hands over); a forward in inference mode records nothing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, _ = _inputs((4, 3, 2, 5))
+    grads = []
+    for ln, bn in ((LayerNorm(5, backend="cpp"), BatchNorm2d(3, backend="cpp")),
+                   (torch.nn.LayerNorm(5), torch.nn.BatchNorm2d(3))):
+        leaf = x.clone().requires_grad_()
+        loss = ln(leaf).pow(2).sum() + bn(leaf).pow(2).sum()
+        with FlopCounterMode(display=False):
+            loss.backward()
+        grads.append(leaf.grad)
+        with torch.inference_mode():
+            assert ln(x).is_inference() and bn(x).is_inference()
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-4)
