@@ -4,6 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
+_subclass_like = torch._C._dispatch_isTensorSubclassLike
 
 TL_DTYPES = {
     torch.float32: tl.float32,
@@ -84,11 +85,38 @@ def vector_width(dtype):
     return VECTOR_BYTES // dtype.itemsize
 
 
+def _offset_bytes(t):
+    """Where t's data starts, modulo 16 bytes. A traced tensor (fake or functional) has no address:
+    its storage offset stands for it, the storage itself being allocator-aligned, as the compiler
+    assumes for its own buffers."""
+    if _subclass_like(t) or t.is_meta:
+        return t.storage_offset() * t.element_size()
+    return t.data_ptr()
+
+
 def is_aligned(tensors, sizes=(), vec=1):
     """Whether every tensor's data starts on a 16-byte boundary and every size (a row stride, a
     channel count) is a multiple of vec elements: what an aligned kernel variant assumes."""
-    return (all(t.data_ptr() % VECTOR_BYTES == 0 for t in tensors if t is not None)
+    return (all(_offset_bytes(t) % VECTOR_BYTES == 0 for t in tensors if t is not None)
             and all(s % vec == 0 for s in sizes))
+
+
+# Streaming multiprocessors assumed when CUDA tensors are traced (as FakeTensors) on a machine
+# without a GPU: the graph is then only inspected or exported, and the figure only sizes grids.
+TRACING_MULTIPROCESSORS = 132
+
+
+def multiprocessors(device):
+    """Streaming multiprocessors of a CUDA device."""
+    if not torch.cuda.is_available():
+        return TRACING_MULTIPROCESSORS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def direct(kernel):
+    """A kernel launched as it is: the launchers' eager path. Inside a ``torch.library.triton_op``
+    they take ``torch.library.wrap_triton`` instead, so a trace records the launch."""
+    return kernel
 
 
 def upload(table, device):
