@@ -210,3 +210,71 @@ def test_opcheck(name, args):
     utils = None if HAS_CUDA else ("test_schema", "test_autograd_registration")
     torch.library.opcheck(getattr(torch.ops.fused_optim, name), args(), test_utils=utils or
                           ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="compiles the Triton kernels for a GPU")
+
+
+def _capturing_backend(graphs):
+    """An AOT-autograd backend that keeps the Triton kernels each forward and backward graph launches."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    def compiler(gm, _):
+        graphs.append([kernel_side_table.get_kernel(node.kwargs["kernel_idx"]).fn.__name__ for node in gm.graph.nodes
+                       if node.op == "call_function" and "triton_kernel_wrapper" in str(node.target)])
+        return make_boxed_func(gm.forward)
+
+    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler)
+
+
+def _model_pair():
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), fo.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Flatten(2), fo.LayerNorm(20)).cuda()
+    theirs = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                 torch.nn.Flatten(2), torch.nn.LayerNorm(20)).cuda()
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+@cuda_only
+def test_compiled_graphs_launch_the_kernels_on_cuda():
+    torch._dynamo.reset()
+    graphs = []
+    model, _ = _model_pair()
+    x = torch.randn(2, 3, 4, 5, device="cuda", requires_grad=True)
+    torch.compile(model, backend=_capturing_backend(graphs), fullgraph=True)(x).sum().backward()
+    forward, backward = graphs
+    assert {"batch_norm_affine_kernel", "layer_norm_forward_kernel"} <= set(forward)
+    assert {"batch_norm_dx_kernel", "layer_norm_backward_kernel", "column_sums_kernel"} <= set(backward)
+
+
+@cuda_only
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_inductor_matches_torch_on_cuda(training):
+    torch._dynamo.reset()
+    ours, theirs = _model_pair()
+    ours.train(training), theirs.train(training)
+    compiled = torch.compile(ours, fullgraph=True)
+    x = torch.randn(2, 3, 4, 5, device="cuda")
+    for _ in range(2):
+        xs = [x.clone().requires_grad_() for _ in range(2)]
+        ys = [compiled(xs[0]), theirs(xs[1])]
+        torch.testing.assert_close(ys[0], ys[1])
+        for y in ys:
+            y.pow(2).sum().backward()
+        torch.testing.assert_close(xs[0].grad, xs[1].grad)
+        for a, e in zip(ours.parameters(), theirs.parameters(), strict=True):
+            torch.testing.assert_close(a.grad, e.grad)
+    for a, e in zip(ours.buffers(), theirs.buffers(), strict=True):
+        torch.testing.assert_close(a, e)
+
+
+@cuda_only
+def test_compiled_clipping_matches_torch_on_cuda():
+    torch._dynamo.reset()
+    grads = [torch.randn(5, 3, device="cuda").t(), torch.randn(9000, device="cuda"),
+             torch.randn(7, device="cuda", dtype=torch.bfloat16)]
+

@@ -1,4 +1,6 @@
-"""batch_norm: the backend-neutral entry point, its checks and its autograd.Function.
+"""batch_norm: the backend-neutral entry point, its checks, its autograd.Function and its
+torch.library ops (traced CUDA calls on the triton backend: the triton_ops of
+fused_optim.triton.batch_norm, whose kernel launches the trace records).
 
 Every backend sees the input in one of two memory layouts, both contiguous:
 

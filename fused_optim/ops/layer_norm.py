@@ -8,8 +8,10 @@ weight and bias come back in the compute dtype and are cast once to the paramete
 A call takes one of three paths (see ``_route``): plain eager tensors go straight to the kernels
 through ``LayerNormFunction``; traced calls (torch.compile, torch.export) and FakeTensors go
 through ``torch.ops.fused_optim.layer_norm_forward`` / ``layer_norm_backward``, whose fake
-implementations give the tracer the shapes; DTensors, torch.func-wrapped tensors and other
-subclasses take ``layer_norm_composite``, the same math in differentiable torch ops.
+implementations give the tracer the shapes (traced CUDA calls on the triton backend take the
+triton_ops ``fused_optim::layer_norm_forward_triton`` / ``_backward_triton`` instead, whose kernel
+launches the trace records); DTensors, torch.func-wrapped tensors and other subclasses take
+``layer_norm_composite``, the same math in differentiable torch ops.
 
 A backward whose graph is being built (``create_graph=True``) or whose gradient is batched
 (``is_grads_batched=True``) is computed with differentiable torch ops from the saved input, so
