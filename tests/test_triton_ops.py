@@ -200,7 +200,13 @@ def test_clamp_op_matches_torch():
     ("layer_norm_forward_triton", lambda: (_randn(3, 7, requires_grad=True), _randn(7), None, 1e-5)),
     ("batch_norm_forward_triton", lambda: (_randn(2, 3, 4), False, _randn(3), _randn(3), _randn(3),
                                            _randn(3).abs() + 1, True, 0.1, 1e-5)),
+    ("layer_norm_backward_triton", lambda: (_randn(3, 7), _randn(3, 7, seed=1), _randn(7, seed=2),
+                                            _randn(3, seed=3), _randn(3, seed=4).abs(), True, True, False)),
+    ("batch_norm_backward_triton", lambda: (_randn(2, 5, 3), _randn(2, 5, 3, seed=1), True, None, _randn(3),
+                                            _randn(3).abs(), True, True, False, True)),
     ("total_norm_triton", lambda: ([_randn(5), _randn(2, 3)], 2.0, 1.0)),
+    ("scale_triton_", lambda: ([_randn(5), _randn(3, 2).t()], torch.tensor(0.5, dtype=torch.float64,
+                                                                           device=TRITON_DEVICE))),
     ("clamp_triton_", lambda: ([_randn(5), _randn(2, 3)], -0.1, 0.1)),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_opcheck(name, args):

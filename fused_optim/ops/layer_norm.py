@@ -256,8 +256,8 @@ def uses_triton_ops(x, backend):
 def _layer_norm_triton(x, weight, bias, normalized_ndim, eps):
     """The forward through the triton_op; rows and parameters prepared in torch ops the trace records."""
     compute = reference.compute_dtype(x.dtype)
-    y, _, _ = torch.ops.fused_optim.layer_norm_forward_triton(_rows_of(x, normalized_ndim), _flat_compute(weight, compute),
-                                                              _flat_compute(bias, compute), eps)
+    y, _, _ = torch.ops.fused_optim.layer_norm_forward_triton(
+        _rows_of(x, normalized_ndim), _flat_compute(weight, compute), _flat_compute(bias, compute), eps)
     return _shaped_like(y, x)
 
 

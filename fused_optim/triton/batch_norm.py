@@ -274,7 +274,8 @@ def batch_norm_dx_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, k1_ptr, k2_ptr, k3_ptr
 class _Grid:
     """How a (N, C, S) problem is cut: channel blocks x splits of m = n * S + s, and the tile."""
 
-    def __init__(self, x, channels_last):
+    def __init__(self, x, channels_last, traced=False):
+        self.traced = traced
         if channels_last:
             self.batch, self.spatial, self.channels = x.shape
             self.block_c = min(CHANNELS_LAST_BLOCK_C, max(2, triton.next_power_of_2(self.channels)))
@@ -301,7 +302,7 @@ class _Grid:
     def aligned(self, tensors, channels_last):
         """Whether the aligned kernel variant may run on these (N, C, S) layout tensors."""
         stride = self.channels if channels_last else self.spatial
-        return is_aligned(tensors, [stride], vector_width(tensors[0].dtype))
+        return is_aligned(tensors, [stride], vector_width(tensors[0].dtype), traced=self.traced)
 
 
 def _compute(dtype):
@@ -313,7 +314,7 @@ def batch_norm_forward(x, channels_last, weight, bias, running_mean, running_var
     """(y, mean, rstd) for a layout tensor x; with batch statistics, running statistics are updated in place.
     ``wrap``: how each kernel is launched (``direct``, or ``wrap_triton`` inside a triton_op)."""
     compute, ct = _compute(x.dtype)
-    grid = _Grid(x, channels_last)
+    grid = _Grid(x, channels_last, traced=wrap is not direct)
     channels, spatial, m, split_size = grid.dims()
     per_channel = [torch.empty(channels, dtype=compute, device=x.device) for _ in range(4)]
     mean, rstd, alpha, beta = per_channel
@@ -321,9 +322,9 @@ def batch_norm_forward(x, channels_last, weight, bias, running_mean, running_var
     if use_batch_stats:
         split_mean = torch.empty((grid.splits, channels), dtype=compute, device=x.device)
         split_m2 = torch.empty_like(split_mean)
-        wrap(batch_norm_moments_kernel)[grid.launch](x, split_mean, split_m2, channels, spatial, m, split_size,
-                                               CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m,
-                                               BLOCK_C=grid.block_c, CT=ct, ALIGNED=grid.aligned([x], channels_last))
+        wrap(batch_norm_moments_kernel)[grid.launch](
+            x, split_mean, split_m2, channels, spatial, m, split_size, CHANNELS_LAST=channels_last,
+            BLOCK_M=grid.block_m, BLOCK_C=grid.block_c, CT=ct, ALIGNED=grid.aligned([x], channels_last))
     wrap(batch_norm_combine_kernel)[grid.combine_launch](
         split_mean, split_m2, mean if weight is None else weight, mean if bias is None else bias,
         mean if running_mean is None else running_mean, mean if running_var is None else running_var,
@@ -335,9 +336,9 @@ def batch_norm_forward(x, channels_last, weight, bias, running_mean, running_var
         BLOCK_S=grid.block_s, BLOCK_C=grid.block_c, CT=ct,
     )
     y = torch.empty_like(x)
-    wrap(batch_norm_affine_kernel)[grid.launch](x, y, alpha, beta, channels, spatial, m, split_size,
-                                          CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m, BLOCK_C=grid.block_c,
-                                          CT=ct, Y=TL_DTYPES[x.dtype], ALIGNED=grid.aligned([x, y], channels_last))
+    wrap(batch_norm_affine_kernel)[grid.launch](
+        x, y, alpha, beta, channels, spatial, m, split_size, CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m,
+        BLOCK_C=grid.block_c, CT=ct, Y=TL_DTYPES[x.dtype], ALIGNED=grid.aligned([x, y], channels_last))
     return y, mean, rstd
 
 
@@ -346,7 +347,7 @@ def batch_norm_backward(dy, x, channels_last, weight, mean, rstd, used_batch_sta
     """(dx, dweight, dbias) of batch_norm_forward, None where not needed; parameter grads in the compute dtype.
     ``wrap`` as for batch_norm_forward."""
     compute, ct = _compute(x.dtype)
-    grid = _Grid(x, channels_last)
+    grid = _Grid(x, channels_last, traced=wrap is not direct)
     channels, spatial, m, split_size = grid.dims()
     need_sums = need_dweight or need_dbias or (need_dx and used_batch_stats)
     if not (need_dx or need_sums):
@@ -357,10 +358,9 @@ def batch_norm_backward(dy, x, channels_last, weight, mean, rstd, used_batch_sta
     if need_sums:
         sum_dy = torch.empty((grid.splits, channels), dtype=compute, device=x.device)
         sum_dy_xmu = torch.empty_like(sum_dy)
-        wrap(batch_norm_grad_sums_kernel)[grid.launch](dy, x, mean, sum_dy, sum_dy_xmu, channels, spatial, m, split_size,
-                                                 CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m,
-                                                 BLOCK_C=grid.block_c, CT=ct,
-                                                 ALIGNED=grid.aligned([dy, x], channels_last))
+        wrap(batch_norm_grad_sums_kernel)[grid.launch](
+            dy, x, mean, sum_dy, sum_dy_xmu, channels, spatial, m, split_size, CHANNELS_LAST=channels_last,
+            BLOCK_M=grid.block_m, BLOCK_C=grid.block_c, CT=ct, ALIGNED=grid.aligned([dy, x], channels_last))
     wrap(batch_norm_grad_combine_kernel)[grid.combine_launch](
         sum_dy, sum_dy_xmu, mean if weight is None else weight, mean, rstd, dweight, dbias, k1, k2, k3, channels, m,
         grid.splits, HAS_SUMS=need_sums, USED_BATCH_STATS=used_batch_stats, HAS_WEIGHT=weight is not None,
@@ -369,10 +369,10 @@ def batch_norm_backward(dy, x, channels_last, weight, mean, rstd, used_batch_sta
     dx = None
     if need_dx:
         dx = torch.empty_like(x)
-        wrap(batch_norm_dx_kernel)[grid.launch](dy, x, dx, mean, k1, k2, k3, channels, spatial, m, split_size,
-                                          USED_BATCH_STATS=used_batch_stats, CHANNELS_LAST=channels_last,
-                                          BLOCK_M=grid.block_m, BLOCK_C=grid.block_c, CT=ct, X=TL_DTYPES[x.dtype],
-                                          ALIGNED=grid.aligned([dy, x, dx], channels_last))
+        wrap(batch_norm_dx_kernel)[grid.launch](
+            dy, x, dx, mean, k1, k2, k3, channels, spatial, m, split_size, USED_BATCH_STATS=used_batch_stats,
+            CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m, BLOCK_C=grid.block_c, CT=ct, X=TL_DTYPES[x.dtype],
+            ALIGNED=grid.aligned([dy, x, dx], channels_last))
     return dx, dweight if need_dweight else None, dbias if need_dbias else None
 
 

@@ -85,19 +85,21 @@ def vector_width(dtype):
     return VECTOR_BYTES // dtype.itemsize
 
 
-def _offset_bytes(t):
-    """Where t's data starts, modulo 16 bytes. A traced tensor (fake or functional) has no address:
-    its storage offset stands for it, the storage itself being allocator-aligned, as the compiler
-    assumes for its own buffers."""
+def _traced_address(t):
+    """Where t's data starts, modulo 16 bytes, for the launchers inside a triton_op: a traced tensor
+    (fake or functional) has no address, so its storage offset stands for it, the storage itself
+    being allocator-aligned, as the compiler assumes for its own buffers."""
     if _subclass_like(t) or t.is_meta:
         return t.storage_offset() * t.element_size()
     return t.data_ptr()
 
 
-def is_aligned(tensors, sizes=(), vec=1):
+def is_aligned(tensors, sizes=(), vec=1, traced=False):
     """Whether every tensor's data starts on a 16-byte boundary and every size (a row stride, a
-    channel count) is a multiple of vec elements: what an aligned kernel variant assumes."""
-    return (all(_offset_bytes(t) % VECTOR_BYTES == 0 for t in tensors if t is not None)
+    channel count) is a multiple of vec elements: what an aligned kernel variant assumes.
+    ``traced``: the tensors may be a trace's (see ``_traced_address``)."""
+    address = _traced_address if traced else torch.Tensor.data_ptr
+    return (all(address(t) % VECTOR_BYTES == 0 for t in tensors if t is not None)
             and all(s % vec == 0 for s in sizes))
 
 

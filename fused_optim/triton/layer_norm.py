@@ -246,7 +246,8 @@ def layer_norm_forward(x, weight, bias, eps, wrap=direct):
     wrap(layer_norm_forward_kernel)[(triton.cdiv(m, rows),)](
         x, y, _dummy(x, weight), _dummy(x, bias), mean, rstd, m, n, eps,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ROWS=rows, BLOCK=block, SINGLE_TILE=single,
-        C=tl_compute, Y=TL_DTYPES[x.dtype], ALIGNED=is_aligned([x, y, weight, bias], [n], vector_width(x.dtype)),
+        C=tl_compute, Y=TL_DTYPES[x.dtype],
+        ALIGNED=is_aligned([x, y, weight, bias], [n], vector_width(x.dtype), traced=wrap is not direct),
         num_warps=_warps(rows * block),
     )
     return y, mean, rstd
@@ -261,8 +262,8 @@ def _backward_programs(m, rows, device):
 
 
 def layer_norm_backward(dy, x, weight, mean, rstd, need_dx, need_dweight, need_dbias, wrap=direct):
-    """(dx, dweight, dbias) of layer_norm_forward, None where not needed; parameter grads in the compute dtype,
-    each in its own buffer. ``wrap`` as for layer_norm_forward."""
+    """(dx, dweight, dbias) of layer_norm_forward, None where not needed; parameter grads in the compute dtype.
+    ``wrap`` as for layer_norm_forward."""
     m, n = x.shape
     compute, tl_compute = _compute(x.dtype)
     need_partials = need_dweight or need_dbias
@@ -281,17 +282,21 @@ def layer_norm_backward(dy, x, weight, mean, rstd, need_dx, need_dweight, need_d
         dy, x, _dummy(x, weight), mean, rstd, _dummy(x, dx), partials, m, n, rows_per_program,
         HAS_WEIGHT=weight is not None, NEED_DX=need_dx, NEED_PARTIALS=need_partials, ROWS=rows, BLOCK=block,
         SINGLE_TILE=single, C=tl_compute, X=TL_DTYPES[x.dtype],
-        ALIGNED=is_aligned([dy, x, weight, dx, partials], [n], vector_width(x.dtype)),
+        ALIGNED=is_aligned([dy, x, weight, dx, partials], [n], vector_width(x.dtype), traced=wrap is not direct),
         num_warps=_warps(rows * block) if single else BACKWARD_LOOP_WARPS,
     )
     if not need_partials:
         return dx, None, None
-    dweight, dbias = (torch.empty(n, dtype=compute, device=x.device) for _ in range(2))
+    if wrap is direct:
+        sums = torch.empty((2, n), dtype=compute, device=x.device)
+        dweight, dbias = sums[0], sums[1]
+    else:  # a triton_op's outputs may not alias one another
+        dweight, dbias = (torch.empty(n, dtype=compute, device=x.device) for _ in range(2))
     # 512 columns over 4 warps: 4 per thread, one 128-bit store of float32 sums.
     block_n = 512
     wrap(column_sums_kernel)[(triton.cdiv(n, block_n), 2)](
         partials, dweight, dbias, programs, n, BLOCK_P=8, BLOCK_N=block_n,
-        ALIGNED=is_aligned([partials, dweight, dbias], [n], vector_width(compute)))
+        ALIGNED=is_aligned([partials, dweight, dbias], [n], vector_width(compute), traced=wrap is not direct))
     return dx, dweight if need_dweight else None, dbias if need_dbias else None
 
 
