@@ -14,6 +14,7 @@ import triton
 from torch._functorch.aot_autograd import aot_function
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from functorch.compile import make_boxed_func
 
 import fused_optim as fo
@@ -35,22 +36,35 @@ WRAPPERS = ("triton_kernel_wrapper_functional", "triton_kernel_wrapper_mutation"
 
 
 def kernels_of(gm):
-    """(kernel names launched, fused_optim ops called) by the nodes of a graph."""
+    """(kernel names launched, anything else the test rejects: fused_optim ops called, symbolic
+    compile-time constants) of the nodes of a graph."""
     kernels, ops = [], []
     for node in gm.graph.nodes:
         name = getattr(node.target, "__name__", str(node.target))
         if node.op == "call_function" and name in WRAPPERS:
             kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
             kernels.append(getattr(kernel, "fn", kernel).__name__)
+            constants = kernel_side_table.get_constant_args(node.kwargs["constant_args_idx"])
+            # Tile sizes and flags must be plain values, also under dynamic shapes.
+            ops.extend(f"symbolic constant {name}" for name, value in constants.items()
+                       if isinstance(value, (torch.SymInt, torch.SymBool, torch.SymFloat)))
         elif node.op == "call_function" and "fused_optim" in str(node.target):
             ops.append(str(node.target))
     return kernels, ops
 
 
-def trace(fn, *shapes_dtypes):
-    """The kernels and ops of fn's graph, traced by AOT autograd on FakeTensors on "cuda". No input
-    requires grad: autograd cannot record CUDA tensors where torch has no CUDA, so each backward
-    op is traced on its own."""
+def _symbolic_cuda(mode, shape, dtype):
+    """A FakeTensor on "cuda" whose sizes are all symbolic (dynamic shapes)."""
+    every_dim = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * len(shape))
+    sizes = mode.from_tensor(torch.empty(shape, dtype=dtype), symbolic_context=every_dim).shape
+    with mode:
+        return torch.empty(sizes, dtype=dtype, device="cuda")
+
+
+def trace(fn, *shapes_dtypes, dynamic=False):
+    """The kernels and ops of fn's graph, traced by AOT autograd on FakeTensors on "cuda" (with
+    dynamic: of symbolic sizes). No input requires grad: autograd cannot record CUDA tensors where
+    torch has no CUDA, so each backward op is traced on its own."""
     graphs = []
 
     def compiler(gm, _):
@@ -58,8 +72,14 @@ def trace(fn, *shapes_dtypes):
         return make_boxed_func(gm.forward)
 
     compiled = aot_function(fn, fw_compiler=compiler)
-    with FakeTensorMode():
-        compiled(*[torch.empty(shape, device="cuda", dtype=dtype) for shape, dtype in shapes_dtypes])
+    mode = FakeTensorMode(shape_env=ShapeEnv() if dynamic else None)
+    if dynamic:
+        args = [_symbolic_cuda(mode, shape, dtype) for shape, dtype in shapes_dtypes]
+    else:
+        with mode:
+            args = [torch.empty(shape, device="cuda", dtype=dtype) for shape, dtype in shapes_dtypes]
+    with mode:
+        compiled(*args)
     (graph,) = graphs
     return graph
 
@@ -95,6 +115,18 @@ def main(backend):
         return a.sum() + b.sum() + total
 
     results["clip"] = trace(clip, ((7, 3), F32), ((9,), BF16))
+
+    # Symbolic sizes: tile sizes stay compile-time constants, grids and sizes symbolic.
+    results["layer_norm_dynamic"] = trace(
+        lambda x, w: torch.ops.fused_optim.layer_norm_forward_triton(x, w, None, 1e-5)[0] * 2,
+        ((6, 37), F32), ((37,), F32), dynamic=True)
+    results["layer_norm_backward_dynamic"] = trace(
+        lambda dy, x, m, r: torch.ops.fused_optim.layer_norm_backward_triton(dy, x, None, m, r, True, True, True),
+        ((70, 37), F32), ((70, 37), F32), ((70,), F32), ((70,), F32), dynamic=True)
+    results["batch_norm_dynamic"] = trace(
+        lambda x, w, b: fo.batch_norm(x, None, None, w, b, training=True, backend=backend),
+        ((5, 3, 7, 9), F32), ((3,), F32), ((3,), F32), dynamic=True)
+    results["clip_dynamic"] = trace(clip, ((7, 3), F32), ((9000,), BF16), dynamic=True)
     print(json.dumps(results))
 
 

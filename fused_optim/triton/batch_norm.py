@@ -19,8 +19,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from .common import (TL_DTYPES, direct, div_rn, is_aligned, multiple_of, multiprocessors, scalar, sqrt_rn, to_storage,
-                     vector_width)
+from .common import (TL_DTYPES, direct, div_rn, is_aligned, multiple_of, multiprocessors, next_power_of_2, scalar,
+                     sqrt_rn, to_storage, vector_width)
 
 # Elements per program tile, and the widest channel block of the channels_last tiling.
 TILE_ELEMENTS = 2048
@@ -278,10 +278,10 @@ class _Grid:
         self.traced = traced
         if channels_last:
             self.batch, self.spatial, self.channels = x.shape
-            self.block_c = min(CHANNELS_LAST_BLOCK_C, max(2, triton.next_power_of_2(self.channels)))
+            self.block_c = min(CHANNELS_LAST_BLOCK_C, max(2, next_power_of_2(self.channels)))
         else:
             self.batch, self.channels, self.spatial = x.shape
-            self.block_c = min(PLANAR_BLOCK_C, max(2, triton.next_power_of_2(self.channels)))
+            self.block_c = min(PLANAR_BLOCK_C, max(2, next_power_of_2(self.channels)))
         self.m = self.batch * self.spatial
         self.channel_blocks = triton.cdiv(self.channels, self.block_c)
         if x.device.type == "cuda":
@@ -291,8 +291,8 @@ class _Grid:
         splits = max(1, min(budget // self.channel_blocks, triton.cdiv(self.m, MIN_SPLIT), MAX_SPLITS))
         self.split_size = triton.cdiv(triton.cdiv(self.m, splits), MIN_SPLIT) * MIN_SPLIT
         self.splits = triton.cdiv(self.m, self.split_size)
-        self.block_m = max(2, min(TILE_ELEMENTS // self.block_c, triton.next_power_of_2(self.split_size)))
-        self.block_s = max(2, min(COMBINE_BLOCK_S, triton.next_power_of_2(self.splits)))
+        self.block_m = max(2, min(TILE_ELEMENTS // self.block_c, next_power_of_2(self.split_size)))
+        self.block_s = max(2, min(COMBINE_BLOCK_S, next_power_of_2(self.splits)))
         self.launch = (self.channel_blocks, self.splits)
         self.combine_launch = (self.channel_blocks,)
 

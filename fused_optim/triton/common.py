@@ -115,6 +115,18 @@ def multiprocessors(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def next_power_of_2(n):
+    """The least power of 2 >= n, a plain int also for a traced symbolic size: there it is found by
+    comparisons, so the trace guards on n's power-of-2 range (one graph per range), not on n itself.
+    Tile sizes derived from it are the kernels' compile-time constants."""
+    if isinstance(n, int):
+        return triton.next_power_of_2(n)
+    power = 1
+    while power < n:
+        power *= 2
+    return power
+
+
 def direct(kernel):
     """A kernel launched as it is: the launchers' eager path. Inside a ``torch.library.triton_op``
     they take ``torch.library.wrap_triton`` instead, so a trace records the launch."""

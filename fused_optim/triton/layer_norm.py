@@ -21,8 +21,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from .common import (TL_DTYPES, direct, div_rn, is_aligned, multiple_of, multiprocessors, scalar, sqrt_rn, to_storage,
-                     vector_width)
+from .common import (TL_DTYPES, direct, div_rn, is_aligned, multiple_of, multiprocessors, next_power_of_2, scalar,
+                     sqrt_rn, to_storage, vector_width)
 
 # The widest row held in registers by one program; wider rows are looped over.
 MAX_TILE_COLUMNS = 8192
@@ -220,7 +220,7 @@ def _compute(dtype):
 def _tiling(n, max_columns):
     """(single_tile, block, rows per tile) for rows of n elements."""
     if n <= max_columns:
-        block = max(16, triton.next_power_of_2(n))
+        block = max(16, next_power_of_2(n))
         return True, block, max(1, min(64, TILE_ELEMENTS // block))
     return False, LOOP_COLUMNS, 1
 
