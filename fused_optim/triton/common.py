@@ -117,8 +117,9 @@ def multiprocessors(device):
 
 def next_power_of_2(n):
     """The least power of 2 >= n, a plain int also for a traced symbolic size: there it is found by
-    comparisons, so the trace guards on n's power-of-2 range (one graph per range), not on n itself.
-    Tile sizes derived from it are the kernels' compile-time constants."""
+    comparisons, so the trace guards on n's power-of-2 range (one graph per range). Tile sizes derived
+    from it are the kernels' compile-time constants. (triton.next_power_of_2 of a symbolic size builds
+    a nest of bitwise ops whose guards take minutes to simplify.)"""
     if isinstance(n, int):
         return triton.next_power_of_2(n)
     power = 1
