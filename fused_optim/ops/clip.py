@@ -109,9 +109,11 @@ def load_triton_ops():
 
 
 def uses_triton_ops(tensors, backend, norm_type=2.0):
-    """Whether a call on these tensors, traced, with this backend name runs the triton_ops."""
+    """Whether a call on these tensors, traced, with this backend name runs the triton_ops. An eager
+    call is told by its first tensor, so its cost does not grow with the number of tensors."""
     return (_triton_ops is not None and backend in ("auto", "triton") and bool(tensors)
-            and _route.route(*tensors) == _route.OP and all(t.device.type == "cuda" for t in tensors)
+            and _route.route(tensors[0]) == _route.OP and _route.route(*tensors) == _route.OP
+            and all(t.device.type == "cuda" for t in tensors)
             and len({t.device for t in tensors}) == 1 and _triton_eligible(tensors, norm_type))
 
 
