@@ -3,7 +3,7 @@ GB/s of the byte model (fused_optim.benchmark.traffic.low_precision_step), perce
 measured copy bandwidth (the roofline), and ratios to fp32 Adam and to torch's fused Adam on the
 same bfloat16 parameters, all measured in one process, interleaved, medians.
 
-    PYTHONPATH=. python benchmarks/low_precision_cpu.py [--repeats 15] [--json PATH]
+    PYTHONPATH=. python benchmarks/low_precision_cpu.py [--repeats 15] [--threads N] [--json PATH]
 """
 
 import argparse
@@ -46,8 +46,11 @@ def case(dtype, master=None, state=None, torch_fused=False):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     bf16 = torch.bfloat16
     cases = {
         "fp32 Adam (fp32 state)": (torch.float32, None, None, False),

@@ -42,7 +42,8 @@ FUSED_OPTIM_INLINE void adam_loop(T* __restrict p, const T* __restrict g, S* __r
   const auto s = scalars_in;
   const RoundingKeys keys = keys_in;
   const C one_minus_weight = C(1) - s.one_minus_beta1;
-  for (int64_t i = 0; i < n; ++i) {
+  uint32_t element = keys.offset_lo;  // the hash's counter: a 32-bit induction, not 64-bit i truncated
+  for (int64_t i = 0; i < n; ++i, ++element) {
     C param = load_param<T, M>(p, master, i);
     C grad = s.sign * (load(g[i]) * s.grad_factor);
     if (L2) {
@@ -58,12 +59,12 @@ FUSED_OPTIM_INLINE void adam_loop(T* __restrict p, const T* __restrict g, S* __r
     if (AMSGRAD) {
       const C v_max = load(vmax[i]);
       v_used = (v_new > v_max || v_new != v_new) ? v_new : v_max;  // torch.maximum propagates NaN
-      store_state<S, M>(vmax, i, v_used, 2, keys);
+      store_state<T, S, M>(vmax, i, v_used, 2, keys, element);
     }
     const C denom = std::sqrt(v_used) / s.bias_correction2_sqrt + s.eps;
-    store_state<S, M>(m, i, m_new, 0, keys);
-    store_state<S, M>(v, i, v_new, 1, keys);
-    store_param<T, M>(p, master, i, param + (s.neg_step_size * m_new) / denom, keys);
+    store_state<T, S, M>(m, i, m_new, 0, keys, element);
+    store_state<T, S, M>(v, i, v_new, 1, keys, element);
+    store_param<T, M>(p, master, i, param + (s.neg_step_size * m_new) / denom, keys, element);
   }
 }
 

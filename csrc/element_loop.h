@@ -97,12 +97,12 @@ FUSED_OPTIM_INLINE compute_t<T> load_param(const T* p, const void* master, int64
   }
 }
 
-// Stores the updated value: into the master copy and its rounding; as the rounding plus the
+// Stores the updated value (of element i of the slice, `element` its index's low 32 bits): into the master copy and its rounding; as the rounding plus the
 // rounding error in the compensation (exact: the two are within a factor 2, Sterbenz); rounded
 // stochastically with the parameter's random bits (stream 0); or rounded to nearest.
 template <typename T, int M>
 FUSED_OPTIM_INLINE void store_param(T* p, void* master, int64_t i, compute_t<T> x,
-                                    const RoundingKeys& keys) {
+                                    const RoundingKeys& keys, uint32_t element) {
   if constexpr (M == kMasterFp32) {
     static_cast<float*>(master)[i] = x;
     p[i] = store_as<T>(x);
@@ -111,18 +111,18 @@ FUSED_OPTIM_INLINE void store_param(T* p, void* master, int64_t i, compute_t<T> 
     p[i] = rounded;
     static_cast<T*>(master)[i] = store_as<T>(x - load(rounded));
   } else if constexpr (M == kMasterStochastic) {
-    p[i] = store_stochastic<T>(x, keys.bits(0, i));
+    p[i] = store_stochastic<T>(x, keys.template bits<T>(0, element));
   } else {
     p[i] = store_as<T>(x);
   }
 }
 
-// Stores moment state k: bfloat16 state is rounded stochastically (stream 1 + k) under
-// master_weights="stochastic", to nearest otherwise.
-template <typename S, int M, typename C>
-FUSED_OPTIM_INLINE void store_state(S* s, int64_t i, C x, int k, const RoundingKeys& keys) {
+// Stores moment state k of a parameter of storage type T: bfloat16 state is rounded
+// stochastically (stream 1 + k) under master_weights="stochastic", to nearest otherwise.
+template <typename T, typename S, int M, typename C>
+FUSED_OPTIM_INLINE void store_state(S* s, int64_t i, C x, int k, const RoundingKeys& keys, uint32_t element) {
   if constexpr (std::is_same_v<S, bf16_bits> && M == kMasterStochastic) {
-    s[i] = store_stochastic<bf16_bits>(x, keys.bits(1 + k, i));
+    s[i] = store_stochastic<bf16_bits>(x, keys.template bits<T>(1 + k, element));
   } else {
     s[i] = store_as<S>(x);
   }
