@@ -86,6 +86,14 @@ FUSED_OPTIM_INLINE float bits_float(uint32_t b) {
 template <typename T>
 FUSED_OPTIM_INLINE T store_stochastic(float x, uint32_t r);
 
+// bfloat16 from the low 16 bits of r, as a float32 bit pattern (as bf16_rounded_bits).
+FUSED_OPTIM_INLINE uint32_t bf16_stochastic_bits(float x, uint32_t r) {
+  const uint32_t rounded = (float_bits(x) + (r & 0xFFFFu)) & 0xFFFF0000u;
+  const uint32_t nan = 0u - static_cast<uint32_t>(x != x);
+  return (rounded & ~nan) | (0x7FC00000u & nan);
+}
+
+// bf16_stochastic_bits(x, r) >> 16, written out (as store_as<bf16_bits>)
 template <>
 FUSED_OPTIM_INLINE bf16_bits store_stochastic<bf16_bits>(float x, uint32_t r) {
   const uint32_t rounded = (float_bits(x) + (r & 0xFFFFu)) >> 16;

@@ -98,6 +98,22 @@ def test_stochastic_rounding_bit_identical(dtype, backend_device):
     assert_same(params, expected, opt, reference_opt, exact=True)
 
 
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
+@pytest.mark.parametrize("master", [None, "stochastic"], ids=str)
+def test_adam_bfloat16_state_bit_identical(master, amsgrad, backend_device):
+    """Adam on bfloat16 parameters and state (the C++ loop over pairs of elements): every bit of the
+    parameters and state as the reference's, over steps, on odd lengths and odd offsets."""
+    backend, device = backend_device
+    g = torch.Generator().manual_seed(8)
+    sizes = [20_001, 7, 1] if backend != "triton" else [301, 7, 1]
+    params = [torch.randn(n + 1, generator=g).to(device, torch.bfloat16)[1:].requires_grad_() for n in sizes]
+    expected = [p.detach().clone().requires_grad_() for p in params]
+    options = dict(lr=0.01, amsgrad=amsgrad, master_weights=master, state_dtype=torch.bfloat16, seed=9)
+    opt = run(params, lambda ps: fo.Adam(ps, backend=backend, **options), 3)
+    reference_opt = run(expected, lambda ps: fo.Adam(ps, backend="reference", **options), 3)
+    assert_same(params, expected, opt, reference_opt, exact=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_generator_matches_its_definition(dtype):
     """The reference's vectorized hash is _layout's definition, on Python integers: every stream
