@@ -191,7 +191,8 @@ def store_state(ptr, offs, mask, value, table, row, key_index, k: tl.constexpr, 
     """Store state ``k`` of a parameter of dtype ``P``: bfloat16 state rounded stochastically
     under MASTER 3, else to nearest."""
     if MASTER == 3 and S == tl.bfloat16:
-        tl.store(ptr + offs, stochastic_storage(value, random_bits(offs, table, row, key_index, 1 + k, P), S), mask=mask)
+        bits = random_bits(offs, table, row, key_index, 1 + k, P)
+        tl.store(ptr + offs, stochastic_storage(value, bits, S), mask=mask)
     else:
         tl.store(ptr + offs, to_storage(value, S), mask=mask)
 
