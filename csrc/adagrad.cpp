@@ -33,16 +33,17 @@ FUSED_OPTIM_INLINE void adagrad_loop(T* __restrict p, const T* __restrict g, S* 
   // local copies: the loop reads registers, never memory that a store might alias
   const auto s = scalars_in;
   const RoundingKeys keys = keys_in;
-  for (int64_t i = 0; i < n; ++i) {
+  uint32_t element = keys.offset_lo;  // the hash's counter: a 32-bit induction, not 64-bit i truncated
+  for (int64_t i = 0; i < n; ++i, ++element) {
     const C param = load_param<T, M>(p, master, i);
     C grad = s.sign * (load(g[i]) * s.grad_factor);
     if (L2) {
       grad = grad + s.weight_decay * param;
     }
     const C total = load(sum[i]) + grad * grad;
-    store_state<S, M>(sum, i, total, 0, keys);
+    store_state<T, S, M>(sum, i, total, 0, keys, element);
     const C std_ = std::sqrt(total) + s.eps;
-    store_param<T, M>(p, master, i, param + (s.neg_clr * grad) / std_, keys);
+    store_param<T, M>(p, master, i, param + (s.neg_clr * grad) / std_, keys, element);
   }
 }
 

@@ -97,12 +97,23 @@ FUSED_OPTIM_INLINE compute_t<T> load_param(const T* p, const void* master, int64
   }
 }
 
-// Stores the updated value: into the master copy and its rounding; as the rounding plus the
-// rounding error in the compensation (exact: the two are within a factor 2, Sterbenz); rounded
-// stochastically with the parameter's random bits (stream 0); or rounded to nearest.
+// A 16-bit parameter's update rounded for storage: stochastically with the parameter's random bits
+// (stream 0) or to nearest (master kinds None and "stochastic").
+template <typename T, int M>
+FUSED_OPTIM_INLINE T round_param(float x, const RoundingKeys& keys, uint32_t element) {
+  if constexpr (M == kMasterStochastic) {
+    return store_stochastic<T>(x, keys.template bits<T>(0, element));
+  } else {
+    return store_as<T>(x);
+  }
+}
+
+// Stores the updated value (of element i of the slice, `element` its index's low 32 bits): into
+// the master copy and its rounding; as the rounding plus the rounding error in the compensation
+// (exact: the two are within a factor 2, Sterbenz); or rounded by round_param.
 template <typename T, int M>
 FUSED_OPTIM_INLINE void store_param(T* p, void* master, int64_t i, compute_t<T> x,
-                                    const RoundingKeys& keys) {
+                                    const RoundingKeys& keys, uint32_t element) {
   if constexpr (M == kMasterFp32) {
     static_cast<float*>(master)[i] = x;
     p[i] = store_as<T>(x);
@@ -111,20 +122,63 @@ FUSED_OPTIM_INLINE void store_param(T* p, void* master, int64_t i, compute_t<T> 
     p[i] = rounded;
     static_cast<T*>(master)[i] = store_as<T>(x - load(rounded));
   } else if constexpr (M == kMasterStochastic) {
-    p[i] = store_stochastic<T>(x, keys.bits(0, i));
+    p[i] = round_param<T, M>(x, keys, element);
   } else {
     p[i] = store_as<T>(x);
   }
 }
 
-// Stores moment state k: bfloat16 state is rounded stochastically (stream 1 + k) under
-// master_weights="stochastic", to nearest otherwise.
-template <typename S, int M, typename C>
-FUSED_OPTIM_INLINE void store_state(S* s, int64_t i, C x, int k, const RoundingKeys& keys) {
+// Moment state k of a parameter of storage type T, rounded for storage: bfloat16 state
+// stochastically (stream 1 + k) under master_weights="stochastic", to nearest otherwise.
+template <typename T, typename S, int M, typename C>
+FUSED_OPTIM_INLINE S round_state(C x, int k, const RoundingKeys& keys, uint32_t element) {
   if constexpr (std::is_same_v<S, bf16_bits> && M == kMasterStochastic) {
-    s[i] = store_stochastic<bf16_bits>(x, keys.bits(1 + k, i));
+    return store_stochastic<bf16_bits>(x, keys.template bits<T>(1 + k, element));
   } else {
-    s[i] = store_as<S>(x);
+    return store_as<S>(x);
+  }
+}
+
+template <typename T, typename S, int M, typename C>
+FUSED_OPTIM_INLINE void store_state(S* s, int64_t i, C x, int k, const RoundingKeys& keys, uint32_t element) {
+  s[i] = round_state<T, S, M>(x, k, keys, element);
+}
+
+// Two consecutive bfloat16 values as one 32-bit word (little-endian: the even element in the low
+// half), so a loop over words unpacks and packs them with one shift or mask each and every vector
+// lane stays 32 bits wide.
+struct Bf16Pair {
+  float even, odd;
+};
+
+FUSED_OPTIM_INLINE Bf16Pair load_pair(const bf16_bits* s, int64_t j) {
+  uint32_t w;
+  std::memcpy(&w, s + 2 * j, sizeof w);
+  return {bits_float(w << 16), bits_float(w & 0xFFFF0000u)};
+}
+
+// even, odd: bfloat16 values as float32 bit patterns (bf16_rounded_bits)
+FUSED_OPTIM_INLINE void store_pair(bf16_bits* s, int64_t j, uint32_t even, uint32_t odd) {
+  const uint32_t w = (even >> 16) | odd;
+  std::memcpy(s + 2 * j, &w, sizeof w);
+}
+
+// round_param and round_state of bfloat16 values, as float32 bit patterns for store_pair
+template <int M>
+FUSED_OPTIM_INLINE uint32_t round_param_bits(float x, const RoundingKeys& keys, uint32_t element) {
+  if constexpr (M == kMasterStochastic) {
+    return bf16_stochastic_bits(x, keys.template bits<bf16_bits>(0, element));
+  } else {
+    return bf16_rounded_bits(x);
+  }
+}
+
+template <int M>
+FUSED_OPTIM_INLINE uint32_t round_state_bits(float x, int k, const RoundingKeys& keys, uint32_t element) {
+  if constexpr (M == kMasterStochastic) {
+    return bf16_stochastic_bits(x, keys.template bits<bf16_bits>(1 + k, element));
+  } else {
+    return bf16_rounded_bits(x);
   }
 }
 

@@ -40,18 +40,19 @@ FUSED_OPTIM_INLINE void rmsprop_loop(T* __restrict p, const T* __restrict g, S* 
   const auto s = scalars_in;
   const RoundingKeys keys = keys_in;
   const C one_minus_weight = C(1) - s.one_minus_alpha;
-  for (int64_t i = 0; i < n; ++i) {
+  uint32_t element = keys.offset_lo;  // the hash's counter: a 32-bit induction, not 64-bit i truncated
+  for (int64_t i = 0; i < n; ++i, ++element) {
     const C param = load_param<T, M>(p, master, i);
     C grad = s.sign * (load(g[i]) * s.grad_factor);
     grad = choose(s.l2, grad + s.weight_decay * param, grad);
     const C sq = load(square_avg[i]) * s.alpha + (s.one_minus_alpha * grad) * grad;
-    store_state<S, M>(square_avg, i, sq, 0, keys);
+    store_state<T, S, M>(square_avg, i, sq, 0, keys, element);
     C avg;
     if (CENTERED) {
       const C ga_old = load(grad_avg[i]);
       const C ga = choose(s.lerp_from_start, ga_old + s.one_minus_alpha * (grad - ga_old),
                           grad - (grad - ga_old) * one_minus_weight);
-      store_state<S, M>(grad_avg, i, ga, MOMENTUM ? 2 : 1, keys);
+      store_state<T, S, M>(grad_avg, i, ga, MOMENTUM ? 2 : 1, keys, element);
       avg = std::sqrt(sq + (-ga) * ga);
     } else {
       avg = std::sqrt(sq);
@@ -59,10 +60,10 @@ FUSED_OPTIM_INLINE void rmsprop_loop(T* __restrict p, const T* __restrict g, S* 
     avg = avg + s.eps;
     if (MOMENTUM) {
       const C b = load(buf[i]) * s.momentum + grad / avg;
-      store_state<S, M>(buf, i, b, 1, keys);
-      store_param<T, M>(p, master, i, param + s.neg_lr * b, keys);
+      store_state<T, S, M>(buf, i, b, 1, keys, element);
+      store_param<T, M>(p, master, i, param + s.neg_lr * b, keys, element);
     } else {
-      store_param<T, M>(p, master, i, param + (s.neg_lr * grad) / avg, keys);
+      store_param<T, M>(p, master, i, param + (s.neg_lr * grad) / avg, keys, element);
     }
   }
 }

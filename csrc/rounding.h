@@ -1,12 +1,15 @@
-// Stochastic rounding from a counter-based hash, bit for bit as fused_optim/_layout.py (the keys)
-// and the reference and Triton kernels compute it: each value rounded takes 32 random bits
-// r = mix32(mix32(element_lo ^ k1) ^ k2 ^ element_hi) for its (step, tensor, stream) keys k1, k2.
+// Stochastic rounding from a counter-based hash, bit for bit as fused_optim/_layout.py defines it
+// and the reference and Triton kernels compute it: each element draws 32-bit words
+// w_j = mix32(element_lo ^ K_j), one mix per word, the keys K_j folded once per slice from the step,
+// tensor, word and element_hi; each rounded stream takes a 16-bit slot of them (a float16
+// parameter all of word 0): a bfloat16 parameter and its first state share word 0.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "dtypes.h"
 #include "optimizer.h"
@@ -17,7 +20,7 @@ namespace fused_optim {
 constexpr uint32_t kMix1 = 0x7FEB352Du;
 constexpr uint32_t kMix2 = 0x846CA68Bu;
 constexpr uint32_t kGolden = 0x9E3779B9u;
-constexpr int kMaxStreams = 1 + kMaxState;
+constexpr int kRoundingWords = 3;  // fused_optim._layout.ROUNDING_WORDS
 
 FUSED_OPTIM_INLINE uint32_t mix32(uint32_t x) {
   x ^= x >> 16;
@@ -28,26 +31,28 @@ FUSED_OPTIM_INLINE uint32_t mix32(uint32_t x) {
   return x;
 }
 
-// The keys of one slice [offset, offset + n) of one tensor at one step; the slice must not cross
-// a multiple of 2^32 elements (for_key_ranges splits it), so element_hi is constant.
+// The word keys of one slice [offset, offset + n) of one tensor at one step; the slice must not
+// cross a multiple of 2^32 elements (for_key_ranges splits it), so element_hi is folded in here.
 struct RoundingKeys {
-  uint32_t k1[kMaxStreams];
-  uint32_t k2[kMaxStreams];
+  uint32_t key[kRoundingWords];
   uint32_t offset_lo;
-  uint32_t offset_hi;
 
   RoundingKeys(uint32_t step_key, uint32_t tensor, int64_t offset) {
-    for (int s = 0; s < kMaxStreams; ++s) {
-      k1[s] = mix32(mix32(mix32(step_key ^ kGolden) ^ tensor) ^ static_cast<uint32_t>(s));
-      k2[s] = mix32(k1[s] ^ kGolden);
+    const uint32_t offset_hi = static_cast<uint32_t>(static_cast<uint64_t>(offset) >> 32);
+    for (int w = 0; w < kRoundingWords; ++w) {
+      key[w] = mix32(mix32(mix32(mix32(step_key ^ kGolden) ^ tensor) ^ static_cast<uint32_t>(w)) ^ offset_hi);
     }
     offset_lo = static_cast<uint32_t>(offset);
-    offset_hi = static_cast<uint32_t>(static_cast<uint64_t>(offset) >> 32);
   }
 
-  FUSED_OPTIM_INLINE uint32_t bits(int stream, int64_t i) const {
-    const uint32_t element = offset_lo + static_cast<uint32_t>(i);
-    return mix32(mix32(element ^ k1[stream]) ^ k2[stream] ^ offset_hi);
+  // The random bits of stream `stream` (0: the parameter, 1 + k: state k) of the element whose
+  // index has low 32 bits `element` (offset_lo + its place in the slice), for parameters of
+  // storage type T (fused_optim._layout.rounding_slot). Streams of one word compute the same
+  // mix32, which the compiler computes once.
+  template <typename T>
+  FUSED_OPTIM_INLINE uint32_t bits(int stream, uint32_t element) const {
+    const int slot = stream + (std::is_same_v<T, half_t> && stream > 0 ? 1 : 0);
+    return mix32(element ^ key[slot >> 1]) >> (16 * (slot & 1));
   }
 };
 
@@ -81,6 +86,14 @@ FUSED_OPTIM_INLINE float bits_float(uint32_t b) {
 template <typename T>
 FUSED_OPTIM_INLINE T store_stochastic(float x, uint32_t r);
 
+// bfloat16 from the low 16 bits of r, as a float32 bit pattern (as bf16_rounded_bits).
+FUSED_OPTIM_INLINE uint32_t bf16_stochastic_bits(float x, uint32_t r) {
+  const uint32_t rounded = (float_bits(x) + (r & 0xFFFFu)) & 0xFFFF0000u;
+  const uint32_t nan = 0u - static_cast<uint32_t>(x != x);
+  return (rounded & ~nan) | (0x7FC00000u & nan);
+}
+
+// bf16_stochastic_bits(x, r) >> 16, written out (as store_as<bf16_bits>)
 template <>
 FUSED_OPTIM_INLINE bf16_bits store_stochastic<bf16_bits>(float x, uint32_t r) {
   const uint32_t rounded = (float_bits(x) + (r & 0xFFFFu)) >> 16;

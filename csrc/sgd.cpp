@@ -33,7 +33,8 @@ FUSED_OPTIM_INLINE void sgd_loop(T* __restrict p, const T* __restrict g, S* __re
   // local copies: the loop reads registers, never memory that a store might alias
   const auto s = scalars_in;
   const RoundingKeys keys = keys_in;
-  for (int64_t i = 0; i < n; ++i) {
+  uint32_t element = keys.offset_lo;  // the hash's counter: a 32-bit induction, not 64-bit i truncated
+  for (int64_t i = 0; i < n; ++i, ++element) {
     const C param = load_param<T, M>(p, master, i);
     C grad = s.sign * (load(g[i]) * s.grad_factor);
     grad = choose(s.l2, grad + s.weight_decay * param, grad);
@@ -45,10 +46,10 @@ FUSED_OPTIM_INLINE void sgd_loop(T* __restrict p, const T* __restrict g, S* __re
         b = load(buf[i]) * s.momentum;
         b = b + s.one_minus_dampening * grad;
       }
-      store_state<S, M>(buf, i, b, 0, keys);
+      store_state<T, S, M>(buf, i, b, 0, keys, element);
       grad = choose(s.nesterov, grad + s.momentum * b, b);
     }
-    store_param<T, M>(p, master, i, param + s.neg_lr * grad, keys);
+    store_param<T, M>(p, master, i, param + s.neg_lr * grad, keys, element);
   }
 }
 

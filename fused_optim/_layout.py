@@ -123,18 +123,30 @@ MAX_KERNEL_FLAGS = 8
 
 # ----- stochastic rounding: a counter-based hash, the same on every backend --------------------
 #
-# Each rounded value takes 32 random bits r = mix(mix(element_lo ^ k1) ^ k2 ^ element_hi), where
-# (k1, k2) are derived from the step key (the seed and the group's rounding step, folded on the
-# host: ``rounding_step_key``), the tensor's rounding id and the stream (0: the parameter, 1 + k:
-# state tensor k) by ``rounding_stream_keys``. ``mix`` is a bijection of 32-bit words, so for one
-# (step, tensor, stream) the map from element to r is a bijection: over any 2**32 consecutive
-# elements every r occurs once, so each bit pattern of r's low bits is equally likely and the
-# rounding is unbiased (tests/test_optim_master_weights.py measures it).
+# Each element draws random 32-bit words w_j = mix(element_lo ^ K_j), j = 0, 1, 2, one ``mix``
+# (two multiplies) per word. The word key K_j folds everything that is the same for a whole slice of
+# a tensor: the step key (the seed and the group's rounding step, folded on the host:
+# ``rounding_step_key``), the tensor's rounding id, the word number and element_hi (the element
+# index's high 32 bits), by ``rounding_word_key``; a kernel computes it once per slice.
+#
+# The words are cut into 16-bit slots (slot s: bits 16 * (s % 2) up of word s // 2) and each rounded
+# stream takes what it needs (``rounding_slot``): a bfloat16 parameter slot 0, a float16 one all of
+# word 0 (its subnormals take 24 bits), and bfloat16 state k the next free slot. So bfloat16 Adam's
+# parameter and first moment share word 0 and its second moment (and AMSGrad's max) take word 1:
+# two hashes per element, not one per stream.
+#
+# ``mix`` is a bijection of 32-bit words, so for one (step, tensor, word) the map from element_lo to
+# w_j is a bijection: over any 2**32 consecutive elements every word occurs once, so each pattern of
+# any slot's bits, and each pair of the two slots of one word, is equally likely. The rounding is
+# unbiased, and the two streams sharing a word round independently (tests/test_optim_master_weights.py
+# measures both).
 
 MASK32 = 0xFFFFFFFF
 MIX_1 = 0x7FEB352D
 MIX_2 = 0x846CA68B
 GOLDEN = 0x9E3779B9
+#: random words per element (enough slots for a float16 parameter and MAX_STATE bfloat16 states)
+ROUNDING_WORDS = 3
 
 
 def mix32(x):
@@ -154,7 +166,23 @@ def rounding_step_key(seed, step):
     return mix32(mix32(mix32(step & MASK32) ^ (seed & MASK32)) ^ (seed >> 32))
 
 
-def rounding_stream_keys(step_key, tensor, stream):
-    """(k1, k2): the per-element hash's keys for one tensor and stream at one step."""
-    k1 = mix32(mix32(mix32(step_key ^ GOLDEN) ^ (tensor & MASK32)) ^ stream)
-    return k1, mix32(k1 ^ GOLDEN)
+def rounding_word_key(step_key, tensor, word, element_hi=0):
+    """K_j: the key of random word ``word`` of one tensor's elements whose index has high 32 bits
+    ``element_hi``, at one step."""
+    base = mix32(mix32(mix32(step_key ^ GOLDEN) ^ (tensor & MASK32)) ^ word)
+    return mix32(base ^ (element_hi & MASK32))
+
+
+def rounding_slot(param_dtype, stream):
+    """(word, shift) of the random bits of ``stream`` (0: the parameter, 1 + k: bfloat16 state
+    tensor k) for parameters of ``param_dtype``: its bits are word >> shift (a bfloat16 rounding
+    uses the low 16 of them, a float16 parameter's all 32)."""
+    slot = stream + (1 if param_dtype == torch.float16 and stream > 0 else 0)
+    return slot // 2, 16 * (slot % 2)
+
+
+def rounding_bits(step_key, tensor, element, param_dtype, stream):
+    """The random bits of one element of one stream, on Python ints (the definition)."""
+    word, shift = rounding_slot(param_dtype, stream)
+    key = rounding_word_key(step_key, tensor, word, element >> 32)
+    return mix32((element & MASK32) ^ key) >> shift

@@ -13,8 +13,9 @@ cannot run), 2 for bad arguments, 130 when interrupted.
 
 import argparse
 import dataclasses
-import os
 import sys
+
+from ._argtypes import output_path, positive_int, positive_number
 
 SCHEMA_BENCH = "fused_optim.bench/1"
 SCHEMA_CHECK = "fused_optim.check/1"
@@ -60,37 +61,6 @@ def _device(text, parser):
     return torch.device("cuda", index)
 
 
-def _output_path(path, option, parser):
-    if path is None:
-        return None
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        parser.error(f"{option} {path}: the folder {directory} does not exist")
-    if os.path.isdir(path):
-        parser.error(f"{option} {path}: is a folder; give a file name")
-    return path
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
-    return value
-
-
 def build_parser():
     from .benchmark import runner, workloads
     from .benchmark.ops import OPS
@@ -115,13 +85,13 @@ def build_parser():
     )
     bench.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     bench.add_argument("--dtype", action="append", metavar="DTYPE", help=f"parameter dtypes, comma-separated or repeated: {', '.join(runner.DTYPES)} (default: float32)")
-    bench.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for torch and the C++ kernels (default: torch's default, usually one per core)")
+    bench.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for torch and the C++ kernels (default: torch's default, usually one per core)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes and short timing (a smoke run, seconds)")
     bench.add_argument("--cold", action="store_true", help="also time every step cold, as in training: each after "
                        "untimed work that streams through a buffer twice the size of the caches (reported beside the "
                        "back-to-back times, interleaved across providers)")
     bench.add_argument("--reference", action="store_true", help="also time the (slow) reference on large workloads")
-    bench.add_argument("--time-per-case", type=_positive_float, metavar="SECONDS", help="timing budget per op and workload, all providers together (default: 1, --quick: 0.02)")
+    bench.add_argument("--time-per-case", type=positive_number("seconds"), metavar="SECONDS", help="timing budget per op and workload, all providers together (default: 1, --quick: 0.02)")
     bench.add_argument("--json", metavar="PATH", help="write all results as JSON (rewritten after each case)")
     bench.add_argument("--csv", metavar="PATH", help="write the result rows as CSV")
     bench.add_argument("--master-weights", choices=["fp32", "kahan", "stochastic"], help="fused_optim's optimizers with this master_weights option (use --dtype bfloat16 or float16); the byte model counts what it moves")
@@ -176,9 +146,9 @@ def cmd_bench(args, parser):
     ops = _names(args.op, OPS, "op", parser) or runner.default_ops()
     workload_names = _names(args.workload, workloads.WORKLOADS, "workload", parser) or runner.default_workloads(device.type)
     dtypes = _names(args.dtype, runner.DTYPES, "dtype", parser) or ["float32"]
-    json_path = _output_path(args.json, "--json", parser)
-    csv_path = _output_path(args.csv, "--csv", parser)
-    plot_path = _output_path(args.plot, "--plot", parser)
+    json_path = output_path(args.json, "--json", parser)
+    csv_path = output_path(args.csv, "--csv", parser)
+    plot_path = output_path(args.plot, "--plot", parser)
     if plot_path and report.plot_available():
         parser.error(report.plot_available())
     if args.master_weights or args.state_dtype:
@@ -268,7 +238,7 @@ def cmd_check(args, parser):
     device = _device(args.device, parser)
     ops = _names(args.op, OPS, "op", parser) or runner.default_ops()
     dtypes = _names(args.dtype, runner.DTYPES, "dtype", parser) or list(runner.DTYPES)
-    json_path = _output_path(args.json, "--json", parser)
+    json_path = output_path(args.json, "--json", parser)
     env = environment.environment()
     print(report.header("check", env, device), flush=True)
     progress = report.Progress(len(ops) * len(dtypes))
@@ -300,7 +270,7 @@ def cmd_check(args, parser):
 def cmd_info(args, parser):
     from .benchmark import environment, report
 
-    json_path = _output_path(args.json, "--json", parser)
+    json_path = output_path(args.json, "--json", parser)
     env = environment.environment()
     cpu, cuda = env["cpu"], env["cuda"]
     print(f"fused_optim {env['fused_optim']}" + (f" (commit {env['git_commit']})" if env["git_commit"] else ""))

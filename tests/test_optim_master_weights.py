@@ -98,14 +98,36 @@ def test_stochastic_rounding_bit_identical(dtype, backend_device):
     assert_same(params, expected, opt, reference_opt, exact=True)
 
 
-def test_generator_matches_its_definition():
-    """The reference's vectorized hash is _layout's definition, on Python integers."""
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
+@pytest.mark.parametrize("master", [None, "stochastic"], ids=str)
+def test_adam_bfloat16_state_bit_identical(master, amsgrad, backend_device):
+    """Adam on bfloat16 parameters and state (the C++ loop over pairs of elements): every bit of the
+    parameters and state as the reference's, over steps, on odd lengths and odd offsets."""
+    backend, device = backend_device
+    g = torch.Generator().manual_seed(8)
+    sizes = [20_001, 7, 1] if backend != "triton" else [301, 7, 1]
+    params = [torch.randn(n + 1, generator=g).to(device, torch.bfloat16)[1:].requires_grad_() for n in sizes]
+    expected = [p.detach().clone().requires_grad_() for p in params]
+    options = dict(lr=0.01, amsgrad=amsgrad, master_weights=master, state_dtype=torch.bfloat16, seed=9)
+    opt = run(params, lambda ps: fo.Adam(ps, backend=backend, **options), 3)
+    reference_opt = run(expected, lambda ps: fo.Adam(ps, backend="reference", **options), 3)
+    assert_same(params, expected, opt, reference_opt, exact=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_generator_matches_its_definition(dtype):
+    """The reference's vectorized hash is _layout's definition, on Python integers: every stream
+    (a parameter's, each state's), elements on both sides of 2**32."""
     key = _layout.rounding_step_key(2**63 + 12345, 7)
-    index = torch.tensor([0, 1, 2, 2**31, 2**32 + 5, 2**40 - 1])
-    bits = reference.random_bits(index, key, 3, 1).tolist()
-    k1, k2 = _layout.rounding_stream_keys(key, 3, 1)
-    mix = _layout.mix32
-    assert bits == [mix(mix((e & 0xFFFFFFFF) ^ k1) ^ k2 ^ (e >> 32)) for e in index.tolist()]
+    elements = [0, 1, 2, 2**31, 2**32 - 1, 2**32 + 5, 2**40 - 1]
+    for stream in range(5):
+        bits = reference.random_bits(torch.tensor(elements), key, 3, dtype, stream).tolist()
+        assert bits == [_layout.rounding_bits(key, 3, e, dtype, stream) for e in elements]
+    # the layout: a bfloat16 parameter shares word 0 with state 0; a float16 one has it alone
+    assert [_layout.rounding_slot(dtype, s) for s in range(5)] == (
+        [(0, 0), (0, 16), (1, 0), (1, 16), (2, 0)] if dtype == torch.bfloat16
+        else [(0, 0), (1, 0), (1, 16), (2, 0), (2, 16)])
+    assert _layout.rounding_slot(dtype, 4)[0] < _layout.ROUNDING_WORDS
 
 
 @pytest.mark.parametrize("dtype, start, lr, delta", [
@@ -131,6 +153,32 @@ def test_stochastic_rounding_is_unbiased(dtype, start, lr, delta, backend_device
     fraction = (exact - lo) / (hi - lo)
     standard_error = (hi - lo) * (fraction * (1 - fraction) / n) ** 0.5
     assert abs(values.mean().item() - exact) < 4 * standard_error
+
+
+def test_stochastic_rounding_streams_are_independent(backend_device):
+    """One Adam step, every element alike: the parameter, exp_avg and exp_avg_sq (bfloat16) each
+    round up or down at random, the parameter and exp_avg from the two halves of one random word,
+    exp_avg_sq from another; over many elements each pair's directions are independent (the
+    fraction rounding both up is the product of the two fractions, within 5 standard errors)."""
+    backend, device = backend_device
+    n = 200_000 if backend != "triton" else 40_000
+    p = torch.ones(n, dtype=torch.bfloat16, device=device, requires_grad=True)
+    p.grad = torch.full_like(p, 0.75)
+    opt = fo.Adam([p], lr=3 * 2.0**-11, backend=backend, master_weights="stochastic",
+                  state_dtype=torch.bfloat16, seed=5)
+    opt.step()
+    state = opt.state[p]
+    up = {}
+    for name, values in [("param", p.detach()), ("exp_avg", state["exp_avg"]), ("exp_avg_sq", state["exp_avg_sq"])]:
+        values = values.float()
+        up[name] = values == values.max()
+        assert (values == values.min()).logical_or(up[name]).all()
+        assert 0.05 < up[name].double().mean().item() < 0.95, name  # both neighbours occur
+    for a, b in [("param", "exp_avg"), ("param", "exp_avg_sq"), ("exp_avg", "exp_avg_sq")]:
+        fa, fb = up[a].double().mean().item(), up[b].double().mean().item()
+        both = (up[a] & up[b]).double().mean().item()
+        standard_error = (fa * fb * (1 - fa * fb) / n) ** 0.5
+        assert abs(both - fa * fb) < 5 * standard_error, (a, b, both, fa * fb)
 
 
 def test_float32_master_weights_follow_the_float32_trajectory(backend_device):

@@ -12,6 +12,8 @@ storage. Every call is routed here first, before any pointer is touched:
   propagation, functorch batching rules) computes it correctly.
 """
 
+import sys
+
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
@@ -33,7 +35,10 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 
 
 def is_dtensor(t):
-    return type(t).__name__ == "DTensor" and type(t).__module__.startswith("torch.distributed")
+    """A DTensor (or a subclass of it): one can exist only once its module has been imported, so
+    the check imports nothing."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def _is_batched_or_wrapped(t):

@@ -1,4 +1,6 @@
-"""batch_norm: the backend-neutral entry point, its checks and its autograd.Function.
+"""batch_norm: the backend-neutral entry point, its checks, its autograd.Function and its
+torch.library ops (traced CUDA calls on the triton backend: the triton_ops of
+fused_optim.triton.batch_norm, whose kernel launches the trace records).
 
 Every backend sees the input in one of two memory layouts, both contiguous:
 
@@ -267,10 +269,79 @@ def _(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps
             *stats)
 
 
+# Traced calls on CUDA tensors whose backend is (or resolves to) triton take the triton_ops of
+# fused_optim.triton.batch_norm instead, so the compiler sees the kernel launches. They are registered
+# at import where they can run (CUDA and triton present), never inside a trace; a caller tracing
+# FakeTensors on "cuda" on a machine without a GPU calls ``load_triton_ops()`` first.
+
+_triton_ops = None
+
+
+def load_triton_ops():
+    """Register the triton_ops (importing triton) and their autograd; returns their module."""
+    global _triton_ops
+    if _triton_ops is None:
+        from ..triton import batch_norm as triton_batch_norm
+
+        triton_batch_norm.batch_norm_forward_op.register_autograd(_triton_op_backward,
+                                                                  setup_context=_triton_op_setup_context)
+        _triton_ops = triton_batch_norm
+    return _triton_ops
+
+
+def uses_triton_ops(x, backend):
+    """Whether a traced call on x with this backend name runs the triton_ops."""
+    return _triton_ops is not None and x.device.type == "cuda" and backend in ("auto", "triton") and x.numel() > 0
+
+
+def _batch_norm_triton(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps):
+    """(y, updated running_mean, updated running_var) through the triton_op; the layout and the
+    parameters prepared in torch ops the trace records."""
+    compute = reference.compute_dtype(x.dtype)
+    layout, x3 = _layout(x)
+    stats = [t if t is None else t.contiguous() for t in (running_mean, running_var)]
+    y3, _, _, new_mean, new_var = torch.ops.fused_optim.batch_norm_forward_triton(
+        x3, layout == CHANNELS_LAST, _flat_compute(weight, compute), _flat_compute(bias, compute), *stats,
+        use_batch_stats, momentum, eps)
+    return _from_layout(y3, layout, x.shape), new_mean, new_var
+
+
+def _triton_op_setup_context(ctx, inputs, output):
+    x3, channels_last, weight, bias, _, _, use_batch_stats, _, eps = inputs
+    _, mean, rstd, new_mean, new_var = output
+    ctx.mark_non_differentiable(mean, rstd, new_mean, new_var)
+    ctx.save_for_backward(x3, weight, bias, mean, rstd)
+    ctx.meta = (channels_last, use_batch_stats, eps)
+
+
+def _triton_op_backward(ctx, dy, *_):
+    x3, weight, bias, mean, rstd = ctx.saved_tensors
+    channels_last, used_batch_stats, eps = ctx.meta
+    need = (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3])
+    if _backward_path(dy) == _route.COMPOSITE:
+        dx, dweight, dbias = _composite_backward(_as_nchw(dy, channels_last), _as_nchw(x3, channels_last), weight,
+                                                 bias, mean, rstd, used_batch_stats, eps, need)
+        dx = None if dx is None else _as_nchw(dx, channels_last)
+    else:
+        dx, dweight, dbias = torch.ops.fused_optim.batch_norm_backward_triton(
+            dy.contiguous(), x3, channels_last, weight, mean, rstd, used_batch_stats, *need)
+    return (dx if need[0] else None, None, dweight if need[1] else None, dbias if need[2] else None,
+            None, None, None, None, None)
+
+
+if torch.cuda.is_available() and _backend.unavailable_reason("triton", "cuda") is None:
+    load_triton_ops()
+
+
 def batch_norm_op(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, backend):
-    """batch_norm through the registered op, the running statistics written back after it."""
-    y, _, _, new_mean, new_var = torch.ops.fused_optim.batch_norm_forward(x, weight, bias, running_mean, running_var,
-                                                                          use_batch_stats, momentum, eps, backend)
+    """batch_norm through the registered op (the triton_op where ``uses_triton_ops``), the running
+    statistics written back after it."""
+    if uses_triton_ops(x, backend):
+        y, new_mean, new_var = _batch_norm_triton(x, weight, bias, running_mean, running_var, use_batch_stats,
+                                                  momentum, eps)
+    else:
+        y, _, _, new_mean, new_var = torch.ops.fused_optim.batch_norm_forward(
+            x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, backend)
     if use_batch_stats:
         for running, updated in ((running_mean, new_mean), (running_var, new_var)):
             if running is not None:

@@ -7,8 +7,9 @@ on several devices, and norms without a power-sum form (order 0 or negative), ta
 
 Only plain tensors reach a kernel (see ``_route``). DTensors and other subclasses take torch's own
 per-tensor formulas, so their dispatch gives what torch.nn.utils gives (for DTensors: the global
-norm as a DTensor, the gradients scaled shard by shard); traced calls (torch.compile) take the
-reference, which is plain torch ops.
+norm as a DTensor, the gradients scaled shard by shard). Traced calls (torch.compile, torch.export)
+on CUDA tensors with the triton backend take the triton_ops (``uses_triton_ops``), whose kernel
+launches the trace records; other traced calls take the reference, which is plain torch ops.
 """
 
 import torch
@@ -88,6 +89,47 @@ def _clip_triton(grads, max_norm, norm_type, error_if_nonfinite):
     return total
 
 
+# Traced calls (torch.compile, torch.export, FakeTensors) on CUDA tensors whose backend is (or
+# resolves to) triton take the triton_ops of fused_optim.triton.clip, so the compiler sees the
+# kernel launches. They are registered at import where they can run (CUDA and triton present),
+# never inside a trace; a caller tracing FakeTensors on "cuda" without a GPU calls
+# ``load_triton_ops()`` first.
+
+_triton_ops = None
+
+
+def load_triton_ops():
+    """Register the triton_ops (importing triton); returns their module."""
+    global _triton_ops
+    if _triton_ops is None:
+        from ..triton import clip as triton_clip
+
+        _triton_ops = triton_clip
+    return _triton_ops
+
+
+def uses_triton_ops(tensors, backend, norm_type=2.0):
+    """Whether a call on these tensors, traced, with this backend name runs the triton_ops. An eager
+    call is told by its first tensor, so its cost does not grow with the number of tensors."""
+    return (_triton_ops is not None and backend in ("auto", "triton") and bool(tensors)
+            and _route.route(tensors[0]) == _route.OP and _route.route(*tensors) == _route.OP
+            and all(t.device.type == "cuda" for t in tensors)
+            and len({t.device for t in tensors}) == 1 and _triton_eligible(tensors, norm_type))
+
+
+def _clip_triton_ops(grads, max_norm, norm_type, error_if_nonfinite):
+    total, factor = torch.ops.fused_optim.total_norm_triton(grads, norm_type, max_norm)
+    if error_if_nonfinite:
+        _check_finite(total, norm_type)
+    if max_norm is not None:
+        torch.ops.fused_optim.scale_triton_(grads, factor)
+    return total
+
+
+if torch.cuda.is_available() and _backend.unavailable_reason("triton", "cuda") is None:
+    load_triton_ops()
+
+
 def _backend_for(tensors, backend):
     return _backend.resolve(_backend.validate_name(backend), tensors[0].device)
 
@@ -115,6 +157,8 @@ def total_norm(tensors, norm_type, error_if_nonfinite, backend, max_norm=None, u
     plain = plain_first and _all_plain(selected)
     if plain and name == "triton" and _triton_eligible(selected, norm_type) and len({t.device for t in selected}) == 1:
         return _clip_triton(selected, max_norm, norm_type, error_if_nonfinite)
+    if not plain and uses_triton_ops(selected, name, norm_type):
+        return _clip_triton_ops(selected, max_norm, norm_type, error_if_nonfinite)
     if plain or torch.compiler.is_compiling():
         total = reference.total_norm(selected, norm_type)
     else:
@@ -131,6 +175,9 @@ def clip_with_norm(grads, max_norm, total, backend):
     if not grads:
         return
     factor = reference.clip_coefficient(float(max_norm), total)
+    if uses_triton_ops(grads, _backend.validate_name(backend)) and factor.device == grads[0].device:
+        torch.ops.fused_optim.scale_triton_(grads, factor.to(torch.float64))
+        return
     if not _all_plain(grads) or not _all_plain([factor]):
         reference.scale_(grads, factor)
         return
@@ -153,6 +200,9 @@ def clamp_(grads, clip_value, backend):
     if not grads:
         return
     low, high = -float(clip_value), float(clip_value)
+    if uses_triton_ops(grads, _backend.validate_name(backend)):
+        torch.ops.fused_optim.clamp_triton_(grads, low, high)
+        return
     if not _all_plain(grads):
         reference.clamp_(grads, low, high)
         return

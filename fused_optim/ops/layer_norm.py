@@ -8,8 +8,10 @@ weight and bias come back in the compute dtype and are cast once to the paramete
 A call takes one of three paths (see ``_route``): plain eager tensors go straight to the kernels
 through ``LayerNormFunction``; traced calls (torch.compile, torch.export) and FakeTensors go
 through ``torch.ops.fused_optim.layer_norm_forward`` / ``layer_norm_backward``, whose fake
-implementations give the tracer the shapes; DTensors, torch.func-wrapped tensors and other
-subclasses take ``layer_norm_composite``, the same math in differentiable torch ops.
+implementations give the tracer the shapes (traced CUDA calls on the triton backend take the
+triton_ops ``fused_optim::layer_norm_forward_triton`` / ``_backward_triton`` instead, whose kernel
+launches the trace records); DTensors, torch.func-wrapped tensors and other subclasses take
+``layer_norm_composite``, the same math in differentiable torch ops.
 
 A backward whose graph is being built (``create_graph=True``) or whose gradient is batched
 (``is_grads_batched=True``) is computed with differentiable torch ops from the saved input, so
@@ -246,6 +248,61 @@ def _cpp_autograd():
     return _cpp_autograd_extension
 
 
+# Traced calls on CUDA tensors whose backend is (or resolves to) triton take the triton_ops of
+# fused_optim.triton.layer_norm instead, so the compiler sees the kernel launches. They are registered
+# at import where they can run (CUDA and triton present), never inside a trace; a caller tracing
+# FakeTensors on "cuda" on a machine without a GPU calls ``load_triton_ops()`` first.
+
+_triton_ops = None
+
+
+def load_triton_ops():
+    """Register the triton_ops (importing triton) and their autograd; returns their module."""
+    global _triton_ops
+    if _triton_ops is None:
+        from ..triton import layer_norm as triton_layer_norm
+
+        triton_layer_norm.layer_norm_forward_op.register_autograd(_triton_op_backward,
+                                                                  setup_context=_triton_op_setup_context)
+        _triton_ops = triton_layer_norm
+    return _triton_ops
+
+
+def uses_triton_ops(x, backend):
+    """Whether a traced call on x with this backend name runs the triton_ops."""
+    return _triton_ops is not None and x.device.type == "cuda" and backend in ("auto", "triton") and x.numel() > 0
+
+
+def _layer_norm_triton(x, weight, bias, normalized_ndim, eps):
+    """The forward through the triton_op; rows and parameters prepared in torch ops the trace records."""
+    compute = reference.compute_dtype(x.dtype)
+    y, _, _ = torch.ops.fused_optim.layer_norm_forward_triton(
+        _rows_of(x, normalized_ndim), _flat_compute(weight, compute), _flat_compute(bias, compute), eps)
+    return _shaped_like(y, x)
+
+
+def _triton_op_setup_context(ctx, inputs, output):
+    rows, weight, bias, eps = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(rows, weight, bias, mean, rstd)
+    ctx.eps = eps
+
+
+def _triton_op_backward(ctx, dy, _dmean, _drstd):
+    rows, weight, bias, mean, rstd = ctx.saved_tensors
+    need = ctx.needs_input_grad[:3]
+    if _backward_path(dy) == _route.COMPOSITE:
+        return _composite_backward(dy, rows, weight, bias, 1, ctx.eps, need) + (None,)
+    dx, dweight, dbias = torch.ops.fused_optim.layer_norm_backward_triton(dy.contiguous(), rows, weight, mean, rstd,
+                                                                          *need)
+    return dx if need[0] else None, dweight if need[1] else None, dbias if need[2] else None, None
+
+
+if torch.cuda.is_available() and _backend.unavailable_reason("triton", "cuda") is None:
+    load_triton_ops()
+
+
 def _check_parameter(name, t, normalized_shape, x):
     if t is None:
         return
@@ -306,4 +363,6 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
     # then the compiled code resolves it when it runs.
     if not torch.compiler.is_compiling():
         name = _backend.resolve(name, input.device)
+    if uses_triton_ops(input, name):
+        return _layer_norm_triton(input, weight, bias, len(shape), float(eps))
     return torch.ops.fused_optim.layer_norm_forward(input, weight, bias, len(shape), float(eps), name)[0]

@@ -32,6 +32,7 @@ from .._layout import real_dtype, state_dtype
 from ..reference import clip as clip_reference
 from ..reference import optim as reference
 from ._python_book import PythonBook
+from ._route import is_dtensor
 
 
 def _plain(params):
@@ -273,7 +274,7 @@ class LocalShardPlan:
         return self.inner.scan()
 
     def bind(self, index, state, fresh):
-        self.inner.bind(index, [s.to_local() if _is_dtensor(s) else s for s in state], fresh)
+        self.inner.bind(index, [s.to_local() if is_dtensor(s) else s for s in state], fresh)
 
     def grad_power_sum(self, norm_type):
         from torch.distributed.tensor import DTensor
@@ -289,21 +290,13 @@ class LocalShardPlan:
             local.grad = None
 
 
-def _is_dtensor(t):
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:
-        return False
-    return isinstance(t, DTensor)
-
-
 def _local(t):
-    return t.full_tensor() if _is_dtensor(t) else t
+    return t.full_tensor() if is_dtensor(t) else t
 
 
 def device_of(params):
     """The device the kernels see: a DTensor's local shard's."""
-    return params[0]._local_tensor.device if _is_dtensor(params[0]) else params[0].device
+    return params[0]._local_tensor.device if is_dtensor(params[0]) else params[0].device
 
 
 def backend_for(requested, params, differentiable=False):
@@ -314,7 +307,7 @@ def backend_for(requested, params, differentiable=False):
     if differentiable:
         return "reference"
     backend = _backend.resolve(requested, device_of(params))
-    if not all(_is_dtensor(p) for p in params) and not _plain(params):
+    if not all(is_dtensor(p) for p in params) and not _plain(params):
         return "reference"
     return backend
 
@@ -324,7 +317,7 @@ _PLANS = {"cpp": CppPlan, "triton": TritonPlan, "reference": ReferencePlan}
 
 def make_plan(backend, spec, params, steps, n_state, state_dtypes=None, tensor_ids=None):
     """A plan for ``params`` (one device, one real dtype) on a concrete backend."""
-    if params and all(_is_dtensor(p) for p in params):
+    if params and all(is_dtensor(p) for p in params):
         locals_ = [p.to_local() for p in params]
         return LocalShardPlan(_PLANS[backend](spec, locals_, steps, n_state, state_dtypes, tensor_ids), params)
     return _PLANS[backend](spec, params, steps, n_state, state_dtypes, tensor_ids)

@@ -15,7 +15,7 @@ the graph: every write is an in-place ``copy_``.
 import torch
 
 from .._layout import (GOLDEN, MASK32, MIX_1, MIX_2, compute_dtype, is_dense, real as _real,  # noqa: F401
-                       rounding_stream_keys, state_dtype)
+                       rounding_slot, rounding_word_key, state_dtype)
 
 # ----- the low-precision options: how the parameter is read and stored, how state is stored -----
 
@@ -69,10 +69,14 @@ def stochastic_round(x, dtype, bits):
     return y.to(torch.float16)
 
 
-def random_bits(index, step_key, tensor, stream):
-    """The 32 random bits (int64 tensor) of elements ``index`` of one tensor and stream at one step."""
-    k1, k2 = rounding_stream_keys(step_key, tensor, stream)
-    return _mix32(_mix32((index & MASK32) ^ k1) ^ k2 ^ (index >> 32))
+def random_bits(index, step_key, tensor, param_dtype, stream):
+    """The random bits (int64 tensor) of elements ``index`` of one tensor and stream at one step,
+    for parameters of ``param_dtype`` (fused_optim._layout.rounding_bits, vectorized)."""
+    word, shift = rounding_slot(param_dtype, stream)
+    high, inverse = torch.unique(index >> 32, return_inverse=True)
+    keys = torch.tensor([rounding_word_key(step_key, tensor, word, h) for h in high.tolist()],
+                        dtype=torch.int64, device=index.device)
+    return _mix32((index & MASK32) ^ keys[inverse]) >> shift
 
 
 class _LowPrecision:
@@ -85,7 +89,7 @@ class _LowPrecision:
         self._index = _walk_index(param, grad, state) if self.master == 3 else None
 
     def bits(self, stream):
-        return random_bits(self._index, self.step_key, self.tensor, stream)
+        return random_bits(self._index, self.step_key, self.tensor, _real(self.param).dtype, stream)
 
     def load_param(self, compute):
         """The parameter as the update sees it: the float32 master copy, value plus Kahan

@@ -6,36 +6,12 @@ before anything runs; a bad one is reported through argparse (exit status 2).
 
 import sys
 
+from .._argtypes import output_path, positive_int, positive_number
 from . import _digits
 from .compare import DEFAULT_NAMES, IMPLEMENTATIONS
 
 DATASETS = ("digits",)
 SCHEMA_LR_FIND = "fused_optim.lr-find/1"
-
-
-def _positive_int(text):
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
-    return value
-
-
-def _positive_number(text):
-    import argparse
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _common(parser, default_optimizers):
@@ -45,8 +21,8 @@ def _common(parser, default_optimizers):
                         help=f"comma-separated or repeated, from {', '.join(DEFAULT_NAMES)} (default: {','.join(default_optimizers)})")
     parser.add_argument("--implementation", default="fused", choices=IMPLEMENTATIONS,
                         help="fused: fused_optim's optimizers (torch.optim's for one fused_optim lacks); torch: torch.optim's (default fused)")
-    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="training batch size (default 64)")
-    parser.add_argument("--train-size", type=_positive_int, metavar="N", help="use only the first N training examples (default: all 1,438)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="training batch size (default 64)")
+    parser.add_argument("--train-size", type=positive_int, metavar="N", help="use only the first N training examples (default: all 1,438)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, the initial weights and the batch order (default 0)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
@@ -57,13 +33,13 @@ def _common(parser, default_optimizers):
 def add_arguments(lr_find, compare):
     """Options of the two subcommands."""
     _common(lr_find, ("adam",))
-    lr_find.add_argument("--start-lr", type=_positive_number, default=1e-7, metavar="LR", help="first learning rate (default 1e-7)")
-    lr_find.add_argument("--end-lr", type=_positive_number, default=10.0, metavar="LR", help="last learning rate (default 10)")
-    lr_find.add_argument("--num-iter", type=_positive_int, default=100, metavar="N", help="iterations of the sweep (default 100)")
+    lr_find.add_argument("--start-lr", type=positive_number(), default=1e-7, metavar="LR", help="first learning rate (default 1e-7)")
+    lr_find.add_argument("--end-lr", type=positive_number(), default=10.0, metavar="LR", help="last learning rate (default 10)")
+    lr_find.add_argument("--num-iter", type=positive_int, default=100, metavar="N", help="iterations of the sweep (default 100)")
     lr_find.add_argument("--step-mode", default="exp", choices=("exp", "linear"), help="exponential or linear sweep (default exp)")
-    lr_find.add_argument("--accumulation-steps", type=_positive_int, default=1, metavar="N", help="batches per step (default 1)")
+    lr_find.add_argument("--accumulation-steps", type=positive_int, default=1, metavar="N", help="batches per step (default 1)")
     _common(compare, DEFAULT_NAMES)
-    compare.add_argument("--epochs", type=_positive_int, default=10, metavar="N", help="epochs per optimizer (default 10)")
+    compare.add_argument("--epochs", type=positive_int, default=10, metavar="N", help="epochs per optimizer (default 10)")
 
 
 def _check_common(args, parser, default_names):
@@ -71,8 +47,8 @@ def _check_common(args, parser, default_names):
 
     names = cli._names(args.optimizers, DEFAULT_NAMES, "optimizers", parser) or list(default_names)
     device = cli._device(args.device, parser)
-    json_path = cli._output_path(args.json, "--json", parser)
-    plot_path = cli._output_path(args.plot, "--plot", parser)
+    json_path = output_path(args.json, "--json", parser)
+    plot_path = output_path(args.plot, "--plot", parser)
     if plot_path:
         from ..benchmark import report
 

@@ -10,7 +10,6 @@ loaded into each fresh model) and sees the same batches in the same order (torch
 shuffling DataLoader draws from, is reseeded before each run), so differences come from the optimizers.
 """
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -159,9 +158,9 @@ class Comparison:
         ``optimizer_step_time_s`` (medians of the epoch's steps, seconds), ``diverged_epoch`` (1-based, or
         null) and ``final`` / ``best`` (``train_loss``, ``val_loss``, ``val_accuracy``). Missing values are null.
         """
-        with open(path, "w") as f:
-            json.dump(_finite(self.to_dict()), f, indent=1, allow_nan=False)
-            f.write("\n")
+        from ..benchmark import report
+
+        report.write_json(path, self.to_dict())
 
     def plot(self, path=None, title=None):
         """Loss curves (train solid, validation dashed) and validation accuracy side by side; a PNG at
@@ -220,16 +219,6 @@ def _ms(seconds):
 
 def _nan(values):
     return [math.nan if v is None else v for v in values]
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _describe(optimizer, factory):

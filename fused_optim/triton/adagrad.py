@@ -40,7 +40,7 @@ def adagrad_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
         if L2:
             grad = grad + weight_decay * param
         total = tl.load(sum_ptr + offs, mask=mask, other=0.0).to(C) + grad * grad
-        store_state(sum_ptr, offs, mask, total, table, row, KEY, 0, S, MASTER)
+        store_state(sum_ptr, offs, mask, total, table, row, KEY, 0, P, S, MASTER)
         param = param + div_rn(neg_clr * grad, sqrt_rn(total) + eps)
         store_param(p_ptr, x_ptr, offs, mask, param, table, row, KEY, P, MASTER)
 

@@ -60,10 +60,10 @@ def adam_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl
             vmax_ptr = row_state(row, 2, S, ALIGNED)
             v_max = tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(C)
             v_used = tl.where((v > v_max) | (v != v), v, v_max)
-            store_state(vmax_ptr, offs, mask, v_used, table, row, KEY, 2, S, MASTER)
+            store_state(vmax_ptr, offs, mask, v_used, table, row, KEY, 2, P, S, MASTER)
         denom = div_rn(sqrt_rn(v_used), bias_correction2_sqrt) + eps
         param = param + div_rn(neg_step_size * m, denom)
-        store_state(m_ptr, offs, mask, m, table, row, KEY, 0, S, MASTER)
-        store_state(v_ptr, offs, mask, v, table, row, KEY, 1, S, MASTER)
+        store_state(m_ptr, offs, mask, m, table, row, KEY, 0, P, S, MASTER)
+        store_state(v_ptr, offs, mask, v, table, row, KEY, 1, P, S, MASTER)
         store_param(p_ptr, x_ptr, offs, mask, param, table, row, KEY, P, MASTER)
 

@@ -11,11 +11,16 @@ gradients and dx's per-channel coefficients, and the elementwise dx. No atomics:
 deterministic. Statistics and sums are in float32 (float64 for float64 input).
 """
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
 
-from .common import TL_DTYPES, div_rn, is_aligned, multiple_of, scalar, sqrt_rn, to_storage, vector_width
+from .common import (TL_DTYPES, direct, div_rn, is_aligned, multiple_of, multiprocessors, next_power_of_2, scalar,
+                     sqrt_rn, to_storage, vector_width)
 
 # Elements per program tile, and the widest channel block of the channels_last tiling.
 TILE_ELEMENTS = 2048
@@ -269,24 +274,25 @@ def batch_norm_dx_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, k1_ptr, k2_ptr, k3_ptr
 class _Grid:
     """How a (N, C, S) problem is cut: channel blocks x splits of m = n * S + s, and the tile."""
 
-    def __init__(self, x, channels_last):
+    def __init__(self, x, channels_last, traced=False):
+        self.traced = traced
         if channels_last:
             self.batch, self.spatial, self.channels = x.shape
-            self.block_c = min(CHANNELS_LAST_BLOCK_C, max(2, triton.next_power_of_2(self.channels)))
+            self.block_c = min(CHANNELS_LAST_BLOCK_C, max(2, next_power_of_2(self.channels)))
         else:
             self.batch, self.channels, self.spatial = x.shape
-            self.block_c = min(PLANAR_BLOCK_C, max(2, triton.next_power_of_2(self.channels)))
+            self.block_c = min(PLANAR_BLOCK_C, max(2, next_power_of_2(self.channels)))
         self.m = self.batch * self.spatial
         self.channel_blocks = triton.cdiv(self.channels, self.block_c)
         if x.device.type == "cuda":
-            budget = PROGRAMS_PER_SM * torch.cuda.get_device_properties(x.device).multi_processor_count
+            budget = PROGRAMS_PER_SM * multiprocessors(x.device)
         else:
             budget = PROGRAMS_CPU
         splits = max(1, min(budget // self.channel_blocks, triton.cdiv(self.m, MIN_SPLIT), MAX_SPLITS))
         self.split_size = triton.cdiv(triton.cdiv(self.m, splits), MIN_SPLIT) * MIN_SPLIT
         self.splits = triton.cdiv(self.m, self.split_size)
-        self.block_m = max(2, min(TILE_ELEMENTS // self.block_c, triton.next_power_of_2(self.split_size)))
-        self.block_s = max(2, min(COMBINE_BLOCK_S, triton.next_power_of_2(self.splits)))
+        self.block_m = max(2, min(TILE_ELEMENTS // self.block_c, next_power_of_2(self.split_size)))
+        self.block_s = max(2, min(COMBINE_BLOCK_S, next_power_of_2(self.splits)))
         self.launch = (self.channel_blocks, self.splits)
         self.combine_launch = (self.channel_blocks,)
 
@@ -296,17 +302,19 @@ class _Grid:
     def aligned(self, tensors, channels_last):
         """Whether the aligned kernel variant may run on these (N, C, S) layout tensors."""
         stride = self.channels if channels_last else self.spatial
-        return is_aligned(tensors, [stride], vector_width(tensors[0].dtype))
+        return is_aligned(tensors, [stride], vector_width(tensors[0].dtype), traced=self.traced)
 
 
 def _compute(dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def batch_norm_forward(x, channels_last, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps):
-    """(y, mean, rstd) for a layout tensor x; with batch statistics, running statistics are updated in place."""
+def batch_norm_forward(x, channels_last, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps,
+                       wrap=direct):
+    """(y, mean, rstd) for a layout tensor x; with batch statistics, running statistics are updated in place.
+    ``wrap``: how each kernel is launched (``direct``, or ``wrap_triton`` inside a triton_op)."""
     compute, ct = _compute(x.dtype)
-    grid = _Grid(x, channels_last)
+    grid = _Grid(x, channels_last, traced=wrap is not direct)
     channels, spatial, m, split_size = grid.dims()
     per_channel = [torch.empty(channels, dtype=compute, device=x.device) for _ in range(4)]
     mean, rstd, alpha, beta = per_channel
@@ -314,10 +322,10 @@ def batch_norm_forward(x, channels_last, weight, bias, running_mean, running_var
     if use_batch_stats:
         split_mean = torch.empty((grid.splits, channels), dtype=compute, device=x.device)
         split_m2 = torch.empty_like(split_mean)
-        batch_norm_moments_kernel[grid.launch](x, split_mean, split_m2, channels, spatial, m, split_size,
-                                               CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m,
-                                               BLOCK_C=grid.block_c, CT=ct, ALIGNED=grid.aligned([x], channels_last))
-    batch_norm_combine_kernel[grid.combine_launch](
+        wrap(batch_norm_moments_kernel)[grid.launch](
+            x, split_mean, split_m2, channels, spatial, m, split_size, CHANNELS_LAST=channels_last,
+            BLOCK_M=grid.block_m, BLOCK_C=grid.block_c, CT=ct, ALIGNED=grid.aligned([x], channels_last))
+    wrap(batch_norm_combine_kernel)[grid.combine_launch](
         split_mean, split_m2, mean if weight is None else weight, mean if bias is None else bias,
         mean if running_mean is None else running_mean, mean if running_var is None else running_var,
         mean, rstd, alpha, beta, channels, m, split_size, grid.splits, momentum, eps,
@@ -328,16 +336,18 @@ def batch_norm_forward(x, channels_last, weight, bias, running_mean, running_var
         BLOCK_S=grid.block_s, BLOCK_C=grid.block_c, CT=ct,
     )
     y = torch.empty_like(x)
-    batch_norm_affine_kernel[grid.launch](x, y, alpha, beta, channels, spatial, m, split_size,
-                                          CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m, BLOCK_C=grid.block_c,
-                                          CT=ct, Y=TL_DTYPES[x.dtype], ALIGNED=grid.aligned([x, y], channels_last))
+    wrap(batch_norm_affine_kernel)[grid.launch](
+        x, y, alpha, beta, channels, spatial, m, split_size, CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m,
+        BLOCK_C=grid.block_c, CT=ct, Y=TL_DTYPES[x.dtype], ALIGNED=grid.aligned([x, y], channels_last))
     return y, mean, rstd
 
 
-def batch_norm_backward(dy, x, channels_last, weight, mean, rstd, used_batch_stats, need_dx, need_dweight, need_dbias):
-    """(dx, dweight, dbias) of batch_norm_forward, None where not needed; parameter grads in the compute dtype."""
+def batch_norm_backward(dy, x, channels_last, weight, mean, rstd, used_batch_stats, need_dx, need_dweight, need_dbias,
+                        wrap=direct):
+    """(dx, dweight, dbias) of batch_norm_forward, None where not needed; parameter grads in the compute dtype.
+    ``wrap`` as for batch_norm_forward."""
     compute, ct = _compute(x.dtype)
-    grid = _Grid(x, channels_last)
+    grid = _Grid(x, channels_last, traced=wrap is not direct)
     channels, spatial, m, split_size = grid.dims()
     need_sums = need_dweight or need_dbias or (need_dx and used_batch_stats)
     if not (need_dx or need_sums):
@@ -348,11 +358,10 @@ def batch_norm_backward(dy, x, channels_last, weight, mean, rstd, used_batch_sta
     if need_sums:
         sum_dy = torch.empty((grid.splits, channels), dtype=compute, device=x.device)
         sum_dy_xmu = torch.empty_like(sum_dy)
-        batch_norm_grad_sums_kernel[grid.launch](dy, x, mean, sum_dy, sum_dy_xmu, channels, spatial, m, split_size,
-                                                 CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m,
-                                                 BLOCK_C=grid.block_c, CT=ct,
-                                                 ALIGNED=grid.aligned([dy, x], channels_last))
-    batch_norm_grad_combine_kernel[grid.combine_launch](
+        wrap(batch_norm_grad_sums_kernel)[grid.launch](
+            dy, x, mean, sum_dy, sum_dy_xmu, channels, spatial, m, split_size, CHANNELS_LAST=channels_last,
+            BLOCK_M=grid.block_m, BLOCK_C=grid.block_c, CT=ct, ALIGNED=grid.aligned([dy, x], channels_last))
+    wrap(batch_norm_grad_combine_kernel)[grid.combine_launch](
         sum_dy, sum_dy_xmu, mean if weight is None else weight, mean, rstd, dweight, dbias, k1, k2, k3, channels, m,
         grid.splits, HAS_SUMS=need_sums, USED_BATCH_STATS=used_batch_stats, HAS_WEIGHT=weight is not None,
         BLOCK_S=grid.block_s, BLOCK_C=grid.block_c, CT=ct,
@@ -360,8 +369,35 @@ def batch_norm_backward(dy, x, channels_last, weight, mean, rstd, used_batch_sta
     dx = None
     if need_dx:
         dx = torch.empty_like(x)
-        batch_norm_dx_kernel[grid.launch](dy, x, dx, mean, k1, k2, k3, channels, spatial, m, split_size,
-                                          USED_BATCH_STATS=used_batch_stats, CHANNELS_LAST=channels_last,
-                                          BLOCK_M=grid.block_m, BLOCK_C=grid.block_c, CT=ct, X=TL_DTYPES[x.dtype],
-                                          ALIGNED=grid.aligned([dy, x, dx], channels_last))
+        wrap(batch_norm_dx_kernel)[grid.launch](
+            dy, x, dx, mean, k1, k2, k3, channels, spatial, m, split_size, USED_BATCH_STATS=used_batch_stats,
+            CHANNELS_LAST=channels_last, BLOCK_M=grid.block_m, BLOCK_C=grid.block_c, CT=ct, X=TL_DTYPES[x.dtype],
+            ALIGNED=grid.aligned([dy, x, dx], channels_last))
     return dx, dweight if need_dweight else None, dbias if need_dbias else None
+
+
+# The launchers as torch.library.triton_op (see fused_optim.triton.layer_norm): a trace records each
+# launch. Shapes as the launchers': a contiguous layout tensor x, parameters (C,) in the compute
+# dtype. The running statistics are not mutated: the forward updates copies and returns them (empty
+# for None), which the caller writes back. Autograd is registered by fused_optim.ops.batch_norm.
+
+@triton_op("fused_optim::batch_norm_forward_triton", mutates_args=())
+def batch_norm_forward_op(x: Tensor, channels_last: bool, weight: Optional[Tensor], bias: Optional[Tensor],
+                          running_mean: Optional[Tensor], running_var: Optional[Tensor], use_batch_stats: bool,
+                          momentum: float, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, rstd, updated running_mean, updated running_var) of batch_norm_forward."""
+    stats = [None if t is None else t.clone() for t in (running_mean, running_var)]
+    y, mean, rstd = batch_norm_forward(x, channels_last, weight, bias, *stats, use_batch_stats, momentum, eps,
+                                       wrap=wrap_triton)
+    return y, mean, rstd, *(x.new_empty((0,)) if t is None else t for t in stats)
+
+
+@triton_op("fused_optim::batch_norm_backward_triton", mutates_args=())
+def batch_norm_backward_op(dy: Tensor, x: Tensor, channels_last: bool, weight: Optional[Tensor], mean: Tensor,
+                           rstd: Tensor, used_batch_stats: bool, need_dx: bool, need_dweight: bool,
+                           need_dbias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias) of batch_norm_backward; an empty tensor where not needed."""
+    dx, dweight, dbias = batch_norm_backward(dy, x, channels_last, weight, mean, rstd, used_batch_stats, need_dx,
+                                             need_dweight, need_dbias, wrap=wrap_triton)
+    return (x.new_empty((0,)) if dx is None else dx,
+            mean.new_empty((0,)) if dweight is None else dweight, mean.new_empty((0,)) if dbias is None else dbias)

@@ -1,13 +1,22 @@
 """Gradient norm and clipping kernels: one multi-tensor reduction into a fixed buffer of per-chunk
 partials, one single-program finalize (total norm and clip factor, never leaving the device),
 and one multi-tensor scale. No atomics: the same gradients give the same bits every time.
+
+The multi-tensor kernels read their tensors' addresses from a table, which a trace cannot follow.
+The torch.library.triton_op versions at the end, for traced calls, launch one-tensor kernels
+instead: the same chunks and partials, so the same bits, with every tensor a kernel argument.
 """
+
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
 
 from .._layout import LaunchRow, flat_views, real, write_back
+from ..reference.clip import result_dtype
 from .common import TL_DTYPES, VECTOR_BYTES, ChunkTable, div_rn, scalar, to_storage, upload
 
 BLOCK = 1024
@@ -266,3 +275,97 @@ def clamp_(tensor_list, low, high):
     bounds = upload(torch.tensor([low, high], dtype=torch.float64), tensor_list.device)
     tensor_list.launch(clamp_kernel, bounds, C=compute_dtype(tensor_list.dtype))
     tensor_list.finish()
+
+
+# One-tensor kernels for the triton_ops: program pid takes elements [pid * CHUNK, (pid + 1) * CHUNK)
+# of one contiguous tensor, as the table kernels take a chunk.
+
+@triton.jit
+def tensor_norm_partials_kernel(x_ptr, n, partials, offset, p: tl.float64, ACC: tl.constexpr, KIND: tl.constexpr,
+                                BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """partials[offset + pid] = sum |x|^p (max |x| for inf) over chunk pid of x."""
+    p = scalar(p, ACC)
+    pid = tl.program_id(0).to(tl.int64)
+    start = pid * CHUNK
+    acc = tl.zeros([BLOCK], dtype=ACC)
+    for i in range(0, CHUNK, BLOCK):
+        offs = _chunk_offsets(start, i, BLOCK)
+        acc = _accumulate(acc, tl.load(x_ptr + offs, mask=offs < n, other=0.0), p, KIND, ACC)
+    if KIND == LINF:
+        result = _max_keep_nan(acc)
+    else:
+        result = tl.sum(acc, axis=0)
+    tl.store(partials + offset + pid, result.to(tl.float64))
+
+
+@triton.jit
+def tensor_scale_kernel(x_ptr, n, factor_ptr, P: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    factor = tl.load(factor_ptr).to(C)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    tl.store(x_ptr + offs, to_storage(x.to(C) * factor, P), mask=mask)
+
+
+@triton.jit
+def tensor_clamp_kernel(x_ptr, n, low: tl.float64, high: tl.float64, P: tl.constexpr, C: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(C)
+    tl.store(x_ptr + offs, to_storage(_clamp(x, scalar(low, C), scalar(high, C)), P), mask=mask)
+
+
+def _flat(t):
+    """t's real elements as a contiguous 1-D tensor: a view when t is contiguous, else a copy."""
+    return real(t).reshape(-1) if t.is_contiguous() else real(t).contiguous().reshape(-1)
+
+
+def _in_place(tensors, launch):
+    """launch(flat) on each tensor's flat real elements, copied back where those are a copy."""
+    for t in tensors:
+        flat = _flat(t)
+        if flat.numel():
+            launch(flat)
+            if not t.is_contiguous():
+                real(t).copy_(flat.reshape(real(t).shape))
+
+
+@triton_op("fused_optim::total_norm_triton", mutates_args=())
+def total_norm_op(tensors: list[Tensor], norm_type: float, max_norm: Optional[float]) -> tuple[Tensor, Tensor]:
+    """(total norm in the tensors' promoted real dtype, clip factor in float64 or an empty tensor without
+    max_norm) of tensors on one device, as ``finalize`` gives them."""
+    device = tensors[0].device
+    flats = [_flat(t) for t in tensors]
+    counts = [triton.cdiv(f.numel(), CHUNK) for f in flats]
+    partials = torch.empty(max(sum(counts), 1), dtype=torch.float64, device=device)
+    offset = 0
+    for flat, count in zip(flats, counts):
+        if count:
+            wrap_triton(tensor_norm_partials_kernel)[(count,)](
+                flat, flat.numel(), partials, offset, float(norm_type), ACC=compute_dtype(flat.dtype),
+                KIND=norm_kind(norm_type), BLOCK=BLOCK, CHUNK=CHUNK)
+        offset += count
+    out_dtype = result_dtype(tensors)
+    total = torch.empty((), dtype=out_dtype, device=device)
+    factor = torch.empty((() if max_norm is not None else (0,)), dtype=torch.float64, device=device)
+    scalars = torch.tensor([max_norm if max_norm is not None else 0.0, norm_type], dtype=torch.float64, device=device)
+    wrap_triton(norm_finalize_kernel)[(1,)](
+        partials, sum(counts), total, factor, partials, scalars,
+        KIND=norm_kind(norm_type), OUT=TL_DTYPES[out_dtype], C=compute_dtype(out_dtype), HAS_SCALE=False,
+        HAS_MAX=max_norm is not None, BLOCK=FINALIZE_BLOCK)
+    return total, factor
+
+
+@triton_op("fused_optim::scale_triton_", mutates_args=("tensors",))
+def scale_op_(tensors: list[Tensor], factor: Tensor) -> None:
+    """tensors *= factor (a 0-dim tensor on their device) in place, each in its compute dtype."""
+    _in_place(tensors, lambda flat: wrap_triton(tensor_scale_kernel)[(triton.cdiv(flat.numel(), BLOCK),)](
+        flat, flat.numel(), factor, P=TL_DTYPES[flat.dtype], C=compute_dtype(flat.dtype), BLOCK=BLOCK))
+
+
+@triton_op("fused_optim::clamp_triton_", mutates_args=("tensors",))
+def clamp_op_(tensors: list[Tensor], low: float, high: float) -> None:
+    """tensors = clamp(tensors, low, high) in place."""
+    _in_place(tensors, lambda flat: wrap_triton(tensor_clamp_kernel)[(triton.cdiv(flat.numel(), BLOCK),)](
+        flat, flat.numel(), low, high, P=TL_DTYPES[flat.dtype], C=compute_dtype(flat.dtype), BLOCK=BLOCK))

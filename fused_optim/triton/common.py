@@ -4,6 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
+_subclass_like = torch._C._dispatch_isTensorSubclassLike
 
 TL_DTYPES = {
     torch.float32: tl.float32,
@@ -84,11 +85,53 @@ def vector_width(dtype):
     return VECTOR_BYTES // dtype.itemsize
 
 
-def is_aligned(tensors, sizes=(), vec=1):
+def _traced_address(t):
+    """Where t's data starts, modulo 16 bytes, for the launchers inside a triton_op: a traced tensor
+    (fake or functional) has no address, so its storage offset stands for it, the storage itself
+    being allocator-aligned, as the compiler assumes for its own buffers."""
+    if _subclass_like(t) or t.is_meta:
+        return t.storage_offset() * t.element_size()
+    return t.data_ptr()
+
+
+def is_aligned(tensors, sizes=(), vec=1, traced=False):
     """Whether every tensor's data starts on a 16-byte boundary and every size (a row stride, a
-    channel count) is a multiple of vec elements: what an aligned kernel variant assumes."""
-    return (all(t.data_ptr() % VECTOR_BYTES == 0 for t in tensors if t is not None)
+    channel count) is a multiple of vec elements: what an aligned kernel variant assumes.
+    ``traced``: the tensors may be a trace's (see ``_traced_address``)."""
+    address = _traced_address if traced else torch.Tensor.data_ptr
+    return (all(address(t) % VECTOR_BYTES == 0 for t in tensors if t is not None)
             and all(s % vec == 0 for s in sizes))
+
+
+# Streaming multiprocessors assumed when CUDA tensors are traced (as FakeTensors) on a machine
+# without a GPU: the graph is then only inspected or exported, and the figure only sizes grids.
+TRACING_MULTIPROCESSORS = 132
+
+
+def multiprocessors(device):
+    """Streaming multiprocessors of a CUDA device."""
+    if not torch.cuda.is_available():
+        return TRACING_MULTIPROCESSORS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def next_power_of_2(n):
+    """The least power of 2 >= n, a plain int also for a traced symbolic size: there it is found by
+    comparisons, so the trace guards on n's power-of-2 range (one graph per range). Tile sizes derived
+    from it are the kernels' compile-time constants. (triton.next_power_of_2 of a symbolic size builds
+    a nest of bitwise ops whose guards take minutes to simplify.)"""
+    if isinstance(n, int):
+        return triton.next_power_of_2(n)
+    power = 1
+    while power < n:
+        power *= 2
+    return power
+
+
+def direct(kernel):
+    """A kernel launched as it is: the launchers' eager path. Inside a ``torch.library.triton_op``
+    they take ``torch.library.wrap_triton`` instead, so a trace records the launch."""
+    return kernel
 
 
 def upload(table, device):

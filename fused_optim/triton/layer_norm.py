@@ -13,11 +13,16 @@ Statistics and sums are in float32 (float64 for float64 input); results are cast
 store, bfloat16 rounded to nearest even.
 """
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
 
-from .common import TL_DTYPES, div_rn, is_aligned, multiple_of, scalar, sqrt_rn, to_storage, vector_width
+from .common import (TL_DTYPES, direct, div_rn, is_aligned, multiple_of, multiprocessors, next_power_of_2, scalar,
+                     sqrt_rn, to_storage, vector_width)
 
 # The widest row held in registers by one program; wider rows are looped over.
 MAX_TILE_COLUMNS = 8192
@@ -187,11 +192,11 @@ def layer_norm_backward_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr,
 
 
 @triton.jit(do_not_specialize=["programs", "N"])
-def column_sums_kernel(partial_ptr, out_ptr, programs, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+def column_sums_kernel(partial_ptr, dw_ptr, db_ptr, programs, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
                        ALIGNED: tl.constexpr = False):
-    """out[j, :] = sum over p of partial[p, j, :], for j = program_id(1): the programs' partials added in order.
+    """(dw, db)[j] = sum over p of partial[p, j, :], for j = program_id(1): the programs' partials added in order.
 
-    ALIGNED: both pointers are 16-byte aligned and N a multiple of a 128-bit vector."""
+    ALIGNED: all pointers are 16-byte aligned and N a multiple of a 128-bit vector."""
     if ALIGNED:
         N = multiple_of(N, 128 // partial_ptr.dtype.element_ty.primitive_bitwidth)
     cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -202,7 +207,10 @@ def column_sums_kernel(partial_ptr, out_ptr, programs, N, BLOCK_P: tl.constexpr,
         p = first + tl.arange(0, BLOCK_P).to(tl.int64)
         mask = (p < programs)[:, None] & col_mask[None, :]
         acc += tl.load(partial_ptr + (p[:, None] * 2 + which) * N + cols[None, :], mask=mask, other=0.0)
-    tl.store(out_ptr + which * N + cols, tl.sum(acc, axis=0), mask=col_mask)
+    if which == 0:
+        tl.store(dw_ptr + cols, tl.sum(acc, axis=0), mask=col_mask)
+    else:
+        tl.store(db_ptr + cols, tl.sum(acc, axis=0), mask=col_mask)
 
 
 def _compute(dtype):
@@ -212,7 +220,7 @@ def _compute(dtype):
 def _tiling(n, max_columns):
     """(single_tile, block, rows per tile) for rows of n elements."""
     if n <= max_columns:
-        block = max(16, triton.next_power_of_2(n))
+        block = max(16, next_power_of_2(n))
         return True, block, max(1, min(64, TILE_ELEMENTS // block))
     return False, LOOP_COLUMNS, 1
 
@@ -226,18 +234,20 @@ def _dummy(t, pointer):
     return pointer if pointer is not None else t
 
 
-def layer_norm_forward(x, weight, bias, eps):
-    """(y, mean, rstd) for contiguous rows x (M, N); weight and bias None or (N,) in the compute dtype."""
+def layer_norm_forward(x, weight, bias, eps, wrap=direct):
+    """(y, mean, rstd) for contiguous rows x (M, N); weight and bias None or (N,) in the compute dtype.
+    ``wrap``: how each kernel is launched (``direct``, or ``wrap_triton`` inside a triton_op)."""
     m, n = x.shape
     compute, tl_compute = _compute(x.dtype)
     y = torch.empty_like(x)
     mean = torch.empty(m, dtype=compute, device=x.device)
     rstd = torch.empty(m, dtype=compute, device=x.device)
     single, block, rows = _tiling(n, MAX_TILE_COLUMNS)
-    layer_norm_forward_kernel[(triton.cdiv(m, rows),)](
+    wrap(layer_norm_forward_kernel)[(triton.cdiv(m, rows),)](
         x, y, _dummy(x, weight), _dummy(x, bias), mean, rstd, m, n, eps,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ROWS=rows, BLOCK=block, SINGLE_TILE=single,
-        C=tl_compute, Y=TL_DTYPES[x.dtype], ALIGNED=is_aligned([x, y, weight, bias], [n], vector_width(x.dtype)),
+        C=tl_compute, Y=TL_DTYPES[x.dtype],
+        ALIGNED=is_aligned([x, y, weight, bias], [n], vector_width(x.dtype), traced=wrap is not direct),
         num_warps=_warps(rows * block),
     )
     return y, mean, rstd
@@ -245,14 +255,15 @@ def layer_norm_forward(x, weight, bias, eps):
 
 def _backward_programs(m, rows, device):
     if device.type == "cuda":
-        budget = BACKWARD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+        budget = BACKWARD_PROGRAMS_PER_SM * multiprocessors(device)
     else:
         budget = BACKWARD_PROGRAMS_CPU
     return max(1, min(budget, triton.cdiv(m, max(rows, BACKWARD_MIN_ROWS))))
 
 
-def layer_norm_backward(dy, x, weight, mean, rstd, need_dx, need_dweight, need_dbias):
-    """(dx, dweight, dbias) of layer_norm_forward, None where not needed; parameter grads in the compute dtype."""
+def layer_norm_backward(dy, x, weight, mean, rstd, need_dx, need_dweight, need_dbias, wrap=direct):
+    """(dx, dweight, dbias) of layer_norm_forward, None where not needed; parameter grads in the compute dtype.
+    ``wrap`` as for layer_norm_forward."""
     m, n = x.shape
     compute, tl_compute = _compute(x.dtype)
     need_partials = need_dweight or need_dbias
@@ -267,18 +278,47 @@ def layer_norm_backward(dy, x, weight, mean, rstd, need_dx, need_dweight, need_d
     # The looping kernel adds into its partials row; the single-tile one writes it whole.
     allocate = torch.zeros if not single else torch.empty
     partials = allocate((programs, 2, n) if need_partials else (1,), dtype=compute, device=x.device)
-    layer_norm_backward_kernel[(programs,)](
+    wrap(layer_norm_backward_kernel)[(programs,)](
         dy, x, _dummy(x, weight), mean, rstd, _dummy(x, dx), partials, m, n, rows_per_program,
         HAS_WEIGHT=weight is not None, NEED_DX=need_dx, NEED_PARTIALS=need_partials, ROWS=rows, BLOCK=block,
         SINGLE_TILE=single, C=tl_compute, X=TL_DTYPES[x.dtype],
-        ALIGNED=is_aligned([dy, x, weight, dx, partials], [n], vector_width(x.dtype)),
+        ALIGNED=is_aligned([dy, x, weight, dx, partials], [n], vector_width(x.dtype), traced=wrap is not direct),
         num_warps=_warps(rows * block) if single else BACKWARD_LOOP_WARPS,
     )
     if not need_partials:
         return dx, None, None
-    sums = torch.empty((2, n), dtype=compute, device=x.device)
+    if wrap is direct:
+        sums = torch.empty((2, n), dtype=compute, device=x.device)
+        dweight, dbias = sums[0], sums[1]
+    else:  # a triton_op's outputs may not alias one another
+        dweight, dbias = (torch.empty(n, dtype=compute, device=x.device) for _ in range(2))
     # 512 columns over 4 warps: 4 per thread, one 128-bit store of float32 sums.
     block_n = 512
-    column_sums_kernel[(triton.cdiv(n, block_n), 2)](partials, sums, programs, n, BLOCK_P=8, BLOCK_N=block_n,
-                                                      ALIGNED=is_aligned([partials, sums], [n], vector_width(compute)))
-    return dx, sums[0] if need_dweight else None, sums[1] if need_dbias else None
+    wrap(column_sums_kernel)[(triton.cdiv(n, block_n), 2)](
+        partials, dweight, dbias, programs, n, BLOCK_P=8, BLOCK_N=block_n,
+        ALIGNED=is_aligned([partials, dweight, dbias], [n], vector_width(compute), traced=wrap is not direct))
+    return dx, dweight if need_dweight else None, dbias if need_dbias else None
+
+
+# The launchers as torch.library.triton_op: a trace (torch.compile, torch.export) sees each kernel
+# launch as a triton_kernel_wrapper node, which inductor compiles and schedules with the graph and a
+# CUDA graph or AOTInductor can follow. In eager they run the launchers' code with the kernels
+# launched directly. Shapes as the launchers': contiguous rows x (M, N), parameters (N,) in the
+# compute dtype. Autograd is registered by fused_optim.ops.layer_norm.
+
+@triton_op("fused_optim::layer_norm_forward_triton", mutates_args=())
+def layer_norm_forward_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                          eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, rstd) of layer_norm_forward."""
+    return layer_norm_forward(x, weight, bias, eps, wrap=wrap_triton)
+
+
+@triton_op("fused_optim::layer_norm_backward_triton", mutates_args=())
+def layer_norm_backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, need_dx: bool,
+                           need_dweight: bool, need_dbias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias) of layer_norm_backward; an empty tensor where not needed."""
+    dx, dweight, dbias = layer_norm_backward(dy, x, weight, mean, rstd, need_dx, need_dweight, need_dbias,
+                                             wrap=wrap_triton)
+    compute = mean.dtype
+    return (x.new_empty((0,)) if dx is None else dx, x.new_empty((0,), dtype=compute) if dweight is None else dweight,
+            x.new_empty((0,), dtype=compute) if dbias is None else dbias)

@@ -111,20 +111,20 @@ def mix32(x):
 
 
 @triton.jit
-def rounding_keys(table, row, key_index, stream):
-    """(k1, k2) of this tensor's ``stream`` (0: parameter, 1 + k: state k) at this step, from the
-    group's step key (kernel scalar ``key_index``) and the row's rounding id."""
+def random_bits(offs, table, row, key_index, stream: tl.constexpr, P: tl.constexpr):
+    """The random bits of ``stream`` (0: parameter, 1 + k: state k) of element indices ``offs``
+    (int64) for parameters of dtype ``P`` (fused_optim._layout.rounding_bits): a 16-bit slot of
+    the element's word, all of it for a float16 parameter. The word key comes from the group's step
+    key (kernel scalar ``key_index``), the row's rounding id and each element's high 32 bits."""
+    slot = stream
+    if P == tl.float16:
+        if stream > 0:
+            slot = stream + 1
     step_key = header_scalar(table, key_index).to(tl.int64).to(tl.uint32)
     tensor = tl.load(row + ROW_KEY).to(tl.uint32)
-    k1 = mix32(mix32(mix32(step_key ^ HASH_GOLDEN) ^ tensor) ^ stream)
-    return k1, mix32(k1 ^ HASH_GOLDEN)
-
-
-@triton.jit
-def random_bits(offs, table, row, key_index, stream):
-    """32 random bits per element index ``offs`` (int64)."""
-    k1, k2 = rounding_keys(table, row, key_index, stream)
-    return mix32(mix32(offs.to(tl.uint32) ^ k1) ^ k2 ^ (offs >> 32).to(tl.uint32))
+    base = mix32(mix32(mix32(step_key ^ HASH_GOLDEN) ^ tensor) ^ (slot // 2))
+    key = mix32(base ^ (offs >> 32).to(tl.uint32))
+    return mix32(offs.to(tl.uint32) ^ key) >> (16 * (slot % 2))
 
 
 @triton.jit
@@ -180,16 +180,19 @@ def store_param(p_ptr, x_ptr, offs, mask, value, table, row, key_index, P: tl.co
         tl.store(p_ptr + offs, rounded, mask=mask)
         tl.store(x_ptr + offs, to_storage(value - rounded.to(value.dtype), P), mask=mask)
     elif MASTER == 3:
-        tl.store(p_ptr + offs, stochastic_storage(value, random_bits(offs, table, row, key_index, 0), P), mask=mask)
+        tl.store(p_ptr + offs, stochastic_storage(value, random_bits(offs, table, row, key_index, 0, P), P), mask=mask)
     else:
         tl.store(p_ptr + offs, to_storage(value, P), mask=mask)
 
 
 @triton.jit
-def store_state(ptr, offs, mask, value, table, row, key_index, k, S: tl.constexpr, MASTER: tl.constexpr):
-    """Store state ``k``: bfloat16 state rounded stochastically under MASTER 3, else to nearest."""
+def store_state(ptr, offs, mask, value, table, row, key_index, k: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
+                MASTER: tl.constexpr):
+    """Store state ``k`` of a parameter of dtype ``P``: bfloat16 state rounded stochastically
+    under MASTER 3, else to nearest."""
     if MASTER == 3 and S == tl.bfloat16:
-        tl.store(ptr + offs, stochastic_storage(value, random_bits(offs, table, row, key_index, 1 + k), S), mask=mask)
+        bits = random_bits(offs, table, row, key_index, 1 + k, P)
+        tl.store(ptr + offs, stochastic_storage(value, bits, S), mask=mask)
     else:
         tl.store(ptr + offs, to_storage(value, S), mask=mask)
 

@@ -42,7 +42,7 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
         if L2:
             grad = grad + weight_decay * param
         sq = tl.load(sq_ptr + offs, mask=mask, other=0.0).to(C) * alpha + (one_minus_alpha * grad) * grad
-        store_state(sq_ptr, offs, mask, sq, table, row, KEY, 0, S, MASTER)
+        store_state(sq_ptr, offs, mask, sq, table, row, KEY, 0, P, S, MASTER)
         if CENTERED:
             ga_ptr = row_state(row, 1 + MOMENTUM_ON, S, ALIGNED)
             ga = tl.load(ga_ptr + offs, mask=mask, other=0.0).to(C)
@@ -50,7 +50,7 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
                 ga = ga + one_minus_alpha * (grad - ga)
             else:
                 ga = grad - (grad - ga) * one_minus_weight
-            store_state(ga_ptr, offs, mask, ga, table, row, KEY, 1 + MOMENTUM_ON, S, MASTER)
+            store_state(ga_ptr, offs, mask, ga, table, row, KEY, 1 + MOMENTUM_ON, P, S, MASTER)
             avg = sqrt_rn(sq + (-ga) * ga)
         else:
             avg = sqrt_rn(sq)
@@ -58,7 +58,7 @@ def rmsprop_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S:
         if MOMENTUM_ON:
             buf_ptr = row_state(row, 1, S, ALIGNED)
             buf = tl.load(buf_ptr + offs, mask=mask, other=0.0).to(C) * momentum + div_rn(grad, avg)
-            store_state(buf_ptr, offs, mask, buf, table, row, KEY, 1, S, MASTER)
+            store_state(buf_ptr, offs, mask, buf, table, row, KEY, 1, P, S, MASTER)
             param = param + neg_lr * buf
         else:
             param = param + div_rn(neg_lr * grad, avg)

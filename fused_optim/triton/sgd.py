@@ -40,7 +40,7 @@ def sgd_kernel(table, chunks, factor_ptr, found_inf_ptr, P: tl.constexpr, S: tl.
             first = row_counter(row) != 0
             old = tl.load(buf_ptr + offs, mask=mask & (not first), other=0.0).to(C)
             buf = tl.where(first, grad, old * momentum + one_minus_dampening * grad)
-            store_state(buf_ptr, offs, mask, buf, table, row, KEY, 0, S, MASTER)
+            store_state(buf_ptr, offs, mask, buf, table, row, KEY, 0, P, S, MASTER)
             if NESTEROV:
                 grad = grad + momentum * buf
             else:
