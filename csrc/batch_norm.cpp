@@ -445,7 +445,7 @@ void batch_moments(const at::Tensor& x, const Shape& shape, std::vector<double>&
   std::vector<Moments<double>> partial(size_t(pieces) * channels);
   const T* data = static_cast<const T*>(x.data_ptr());
   {
-    pybind11::gil_scoped_release no_gil;
+    ReleaseGilIfHeld no_gil;
     parallel_pieces(shape.units(), pieces, shape.numel(), [&](int64_t piece, int64_t begin, int64_t end) {
       Moments<double>* mine = partial.data() + size_t(piece) * channels;
       if (shape.channels_last) {
@@ -470,10 +470,13 @@ void batch_moments(const at::Tensor& x, const Shape& shape, std::vector<double>&
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
-    const at::Tensor& x, bool channels_last, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, std::optional<at::Tensor> running_mean,
-    std::optional<at::Tensor> running_var, bool use_batch_stats, double momentum, double eps) {
+// Fills y (x's numel, in x's layout) with the BatchNorm of x: (mean, rstd).
+std::tuple<at::Tensor, at::Tensor> batch_norm_forward_into(const at::Tensor& x, bool channels_last,
+                                                           const std::optional<at::Tensor>& weight,
+                                                           const std::optional<at::Tensor>& bias,
+                                                           std::optional<at::Tensor> running_mean,
+                                                           std::optional<at::Tensor> running_var, bool use_batch_stats,
+                                                           double momentum, double eps, const at::Tensor& y) {
   check_layout(x, "x");
   const Shape shape(x, channels_last);
   const int64_t channels = shape.channels;
@@ -485,7 +488,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
   TORCH_CHECK(use_batch_stats || (running_mean.has_value() && running_var.has_value()),
               "batch_norm: running statistics are needed without batch statistics");
   TORCH_CHECK(!use_batch_stats || shape.rows() > 1, "batch_norm: batch statistics need more than 1 value per channel");
-  at::Tensor y = empty_output(x);
+  TORCH_CHECK(y.numel() == x.numel() && y.scalar_type() == x.scalar_type(), "batch_norm: bad output tensor");
   at::Tensor save_mean = at::empty({channels}, x.options().dtype(compute));
   at::Tensor save_rstd = at::empty({channels}, x.options().dtype(compute));
   dispatch_storage(x.scalar_type(), "batch_norm_forward", [&](auto* tag) {
@@ -520,7 +523,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
     }
     const T* src = static_cast<const T*>(x.data_ptr());
     T* dst = static_cast<T*>(y.data_ptr());
-    pybind11::gil_scoped_release no_gil;
+    ReleaseGilIfHeld no_gil;
     parallel_pieces(shape.units(), piece_count(shape.units()), shape.numel(), [&](int64_t, int64_t begin,
                                                                                    int64_t end) {
       if (shape.channels_last) {
@@ -530,13 +533,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
       }
     });
   });
-  return {y, save_mean, save_rstd};
+  return {save_mean, save_rstd};
 }
 
-std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>> batch_norm_backward(
-    const at::Tensor& dy, const at::Tensor& x, bool channels_last, const std::optional<at::Tensor>& weight,
-    const at::Tensor& mean, const at::Tensor& rstd, bool used_batch_stats, bool need_dx, bool need_dweight,
-    bool need_dbias) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
+    const at::Tensor& x, bool channels_last, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, std::optional<at::Tensor> running_mean,
+    std::optional<at::Tensor> running_var, bool use_batch_stats, double momentum, double eps) {
+  check_layout(x, "x");
+  at::Tensor y = empty_output(x);
+  auto [mean, rstd] =
+      batch_norm_forward_into(x, channels_last, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, y);
+  return {y, mean, rstd};
+}
+
+// dweight and dbias (undefined where not needed); fills dx (x's numel, in x's layout) when it is
+// defined.
+std::tuple<at::Tensor, at::Tensor> batch_norm_backward_into(const at::Tensor& dy, const at::Tensor& x,
+                                                            bool channels_last,
+                                                            const std::optional<at::Tensor>& weight,
+                                                            const at::Tensor& mean, const at::Tensor& rstd,
+                                                            bool used_batch_stats, const at::Tensor& dx_out,
+                                                            bool need_dweight, bool need_dbias) {
+  const bool need_dx = dx_out.defined();
   check_layout(x, "x");
   check_layout(dy, "dy");
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
@@ -548,9 +567,11 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
   check_channel_vector(mean, "mean", channels, compute);
   check_channel_vector(rstd, "rstd", channels, compute);
   const bool need_sums = need_dweight || need_dbias || (need_dx && used_batch_stats);
+  TORCH_CHECK(!need_dx || (dx_out.numel() == x.numel() && dx_out.scalar_type() == x.scalar_type()),
+              "batch_norm_backward: bad dx tensor");
   std::optional<at::Tensor> dx, dweight, dbias;
   if (need_dx) {
-    dx = empty_output(x);
+    dx = dx_out;
   }
   if (need_dweight) {
     dweight = at::empty({channels}, x.options().dtype(compute));
@@ -571,7 +592,7 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
       const int64_t pieces = piece_count(shape.units());
       std::vector<GradSums> partial(size_t(pieces) * channels);
       {
-        pybind11::gil_scoped_release no_gil;
+        ReleaseGilIfHeld no_gil;
         parallel_pieces(shape.units(), pieces, 2 * shape.numel(), [&](int64_t piece, int64_t begin, int64_t end) {
           GradSums* mine = partial.data() + size_t(piece) * channels;
           if (shape.channels_last) {
@@ -612,7 +633,7 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
     }
     const DxCoefficients<T> k{m, k1.data(), k2.data(), k3.data()};
     T* out = static_cast<T*>(dx->data_ptr());
-    pybind11::gil_scoped_release no_gil;
+    ReleaseGilIfHeld no_gil;
     parallel_pieces(shape.units(), piece_count(shape.units()), 3 * shape.numel(), [&](int64_t, int64_t begin,
                                                                                        int64_t end) {
       if (shape.channels_last) {
@@ -622,8 +643,135 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
       }
     });
   });
-  return {dx, dweight, dbias};
+  return {dweight.value_or(at::Tensor()), dbias.value_or(at::Tensor())};
 }
+
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>> batch_norm_backward(
+    const at::Tensor& dy, const at::Tensor& x, bool channels_last, const std::optional<at::Tensor>& weight,
+    const at::Tensor& mean, const at::Tensor& rstd, bool used_batch_stats, bool need_dx, bool need_dweight,
+    bool need_dbias) {
+  check_layout(x, "x");
+  at::Tensor dx = need_dx ? empty_output(x) : at::Tensor();
+  auto [dweight, dbias] =
+      batch_norm_backward_into(dy, x, channels_last, weight, mean, rstd, used_batch_stats, dx, need_dweight, need_dbias);
+  return {optional_of(dx), optional_of(dweight), optional_of(dbias)};
+}
+
+// ----- eager autograd: one call from Python per forward, a C++ backward ----------------------
+
+// The Python backward for what the kernels do not compute (see needs_composite_backward):
+// (dy, x, weight, bias, mean, rstd, used_batch_stats, eps, need_dx, need_dweight, need_dbias)
+// -> (dx, dweight, dbias), None where not needed.
+PythonCallable composite_backward;
+
+// How the kernels see an (N, C, *spatial) tensor: its layout, the sizes and strides of an output
+// in that layout, and the contiguous 3-D tensor: planar (N, C, S) for contiguous input with
+// S > 1, channels_last (N, S, C) where the channels are the innermost dim (channels_last, and
+// (N, C[, 1...]) input), else a planar copy.
+struct Layout {
+  bool channels_last;
+  std::vector<int64_t> sizes, strides;
+
+  explicit Layout(const at::Tensor& x) : sizes(x.sizes().vec()), strides(x.dim()) {
+    const int64_t n = x.size(0), c = x.size(1);
+    const int64_t s = x.numel() / (n * c);
+    channels_last = !(x.is_contiguous() && s > 1) && x.movedim(1, -1).is_contiguous();
+    // Contiguous strides of (N, C, *spatial), or of (N, *spatial, C) moved back to channel order.
+    int64_t stride = 1;
+    if (channels_last) {
+      strides[1] = 1;
+      stride = c;
+    }
+    for (int64_t d = x.dim() - 1; d >= 0; --d) {
+      if (channels_last && d == 1) {
+        continue;
+      }
+      strides[d] = stride;
+      stride *= std::max<int64_t>(sizes[d], 1);
+    }
+  }
+
+  int64_t spatial() const { return c10::multiply_integers(sizes.begin() + 2, sizes.end()); }
+
+  // t (x's shape) as the contiguous 3-D tensor of this layout.
+  at::Tensor to_3d(const at::Tensor& t) const {
+    if (channels_last) {
+      return t.movedim(1, -1).contiguous().view({sizes[0], spatial(), sizes[1]});
+    }
+    return t.contiguous().view({sizes[0], sizes[1], spatial()});
+  }
+
+  at::Tensor new_output(const at::Tensor& x) const { return empty_output(sizes, strides, x.options()); }
+};
+
+// BatchNorm of a non-empty plain CPU x; weight, bias and running statistics undefined when
+// absent. With batch statistics, running statistics given are updated in place. Outputs are new
+// tensors in x's layout (never views), so in-place ops on them are allowed.
+struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const std::optional<at::Tensor>& weight_opt, const std::optional<at::Tensor>& bias_opt,
+                            const std::optional<at::Tensor>& running_mean_opt,
+                            const std::optional<at::Tensor>& running_var_opt, bool use_batch_stats, double momentum,
+                            double eps) {
+    const at::Tensor none;
+    const at::Tensor weight = weight_opt.value_or(none), bias = bias_opt.value_or(none);
+    const at::Tensor running_mean = running_mean_opt.value_or(none), running_var = running_var_opt.value_or(none);
+    TORCH_CHECK(x.dim() >= 2 && x.numel() > 0, "batch_norm: the autograd path needs non-empty (N, C, ...) input");
+    const Layout layout(x);
+    const at::Tensor x3 = layout.to_3d(x);
+    const c10::ScalarType compute = compute_dtype(x);
+    const at::Tensor weight_c = flat_in(weight, compute);
+    // The kernels update the running statistics in place; odd strides are updated on a copy.
+    const auto stats = [](const at::Tensor& t) { return !t.defined() || t.is_contiguous() ? t : t.contiguous(); };
+    const at::Tensor mean_stat = stats(running_mean), var_stat = stats(running_var);
+    at::Tensor y = layout.new_output(x);
+    auto [mean, rstd] =
+        batch_norm_forward_into(x3, layout.channels_last, optional_of(weight_c), optional_of(flat_in(bias, compute)),
+                                optional_of(mean_stat), optional_of(var_stat), use_batch_stats, momentum, eps, y);
+    if (use_batch_stats) {
+      if (mean_stat.defined() && !mean_stat.is_same(running_mean)) {
+        running_mean.copy_(mean_stat);
+      }
+      if (var_stat.defined() && !var_stat.is_same(running_var)) {
+        running_var.copy_(var_stat);
+      }
+    }
+    ctx->save_for_backward({x3, weight_c, mean, rstd, x, weight, bias});
+    ctx->saved_data["use_batch_stats"] = use_batch_stats;
+    ctx->saved_data["eps"] = eps;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor& dy = grads[0];
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x3 = saved[0], &weight_c = saved[1], &mean = saved[2], &rstd = saved[3], &x = saved[4],
+                     &weight = saved[5], &bias = saved[6];
+    const bool used_batch_stats = ctx->saved_data["use_batch_stats"].toBool();
+    const auto [need_dx, need_dweight, need_dbias] = gradients_needed(ctx, weight, bias);
+    const at::Tensor none;
+    if (needs_composite_backward(dy)) {
+      auto g = composite_backward.call_for_grads("batch_norm", dy, x, optional_of(weight), optional_of(bias), mean,
+                                                 rstd, used_batch_stats, ctx->saved_data["eps"].toDouble(), need_dx,
+                                                 need_dweight, need_dbias);
+      return {g[0], g[1], g[2], none, none, none, none, none};
+    }
+    const Layout layout(x);
+    at::Tensor dx = need_dx ? layout.new_output(x) : at::Tensor();
+    auto [dweight, dbias] = batch_norm_backward_into(layout.to_3d(dy), x3, layout.channels_last, optional_of(weight_c),
+                                                     mean, rstd, used_batch_stats, dx, need_dweight, need_dbias);
+    return {dx, as_parameter_grad(dweight, weight), as_parameter_grad(dbias, bias), none, none, none, none, none};
+  }
+};
+
+at::Tensor batch_norm_autograd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
+                               const std::optional<at::Tensor>& running_var, bool use_batch_stats, double momentum,
+                               double eps) {
+  return BatchNormFunction::apply(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps);
+}
+
 
 void register_bindings(pybind11::module_& m) {
   namespace py = pybind11;
@@ -636,6 +784,13 @@ void register_bindings(pybind11::module_& m) {
         py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("used_batch_stats"), py::arg("need_dx"),
         py::arg("need_dweight"), py::arg("need_dbias"),
         "Gradients (dx, dweight, dbias) of batch_norm_forward; None where not needed");
+  m.def("batch_norm_autograd", &batch_norm_autograd, py::arg("x"), py::arg("weight"), py::arg("bias"),
+        py::arg("running_mean"), py::arg("running_var"), py::arg("use_batch_stats"), py::arg("momentum"),
+        py::arg("eps"),
+        "Differentiable BatchNorm of plain non-empty (N, C, ...) CPU x, output in x's layout, backward in C++");
+  m.def(
+      "set_batch_norm_composite_backward", [](py::object fn) { composite_backward.set(fn); }, py::arg("fn"),
+      "The Python backward batch_norm_autograd uses when a graph is built or the gradient is not plain");
 }
 
 const RegisterBindings registered(register_bindings);

@@ -6,6 +6,7 @@
 // flushed into double partials, and the pieces' partials are added at the end, in piece order.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -215,22 +216,22 @@ P* data_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? static_cast<P*>(t->data_ptr()) : nullptr;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(const at::Tensor& x,
-                                                                  const std::optional<at::Tensor>& weight,
-                                                                  const std::optional<at::Tensor>& bias, double eps) {
+// Fills y (contiguous, x's numel) with the LayerNorm of the rows of x: (mean, rstd).
+std::tuple<at::Tensor, at::Tensor> layer_norm_forward_into(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                                           const std::optional<at::Tensor>& bias, double eps,
+                                                           const at::Tensor& y) {
   check_rows(x, "x");
   const int64_t m = x.size(0);
   const int64_t n = x.size(1);
   const c10::ScalarType compute = compute_dtype(x);
   check_vector(weight, "weight", n, compute);
   check_vector(bias, "bias", n, compute);
-  at::Tensor y = empty_output(x);
   at::Tensor mean = at::empty({m}, x.options().dtype(compute));
   at::Tensor rstd = at::empty({m}, x.options().dtype(compute));
   if (n == 0) {
-    return {y, mean.fill_(NAN), rstd.fill_(NAN)};
+    return {mean.fill_(NAN), rstd.fill_(NAN)};
   }
-  pybind11::gil_scoped_release no_gil;
+  ReleaseGilIfHeld no_gil;
   dispatch_storage(x.scalar_type(), "layer_norm_forward", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using C = compute_t<T>;
@@ -241,12 +242,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(const at::Tens
       forward_rows(args, begin, end);
     });
   });
+  return {mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(const at::Tensor& x,
+                                                                  const std::optional<at::Tensor>& weight,
+                                                                  const std::optional<at::Tensor>& bias, double eps) {
+  check_rows(x, "x");
+  at::Tensor y = empty_output(x);
+  auto [mean, rstd] = layer_norm_forward_into(x, weight, bias, eps, y);
   return {y, mean, rstd};
 }
 
-std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>> layer_norm_backward(
-    const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& weight, const at::Tensor& mean,
-    const at::Tensor& rstd, bool need_dx, bool need_dweight, bool need_dbias) {
+// dweight and dbias of the rows of x (undefined where not needed); fills dx (contiguous, x's
+// numel) when it is defined.
+std::tuple<at::Tensor, at::Tensor> layer_norm_backward_into(const at::Tensor& dy, const at::Tensor& x,
+                                                            const std::optional<at::Tensor>& weight,
+                                                            const at::Tensor& mean, const at::Tensor& rstd,
+                                                            const at::Tensor& dx, bool need_dweight,
+                                                            bool need_dbias) {
   check_rows(x, "x");
   check_rows(dy, "dy");
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
@@ -257,56 +271,117 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<a
   check_vector(weight, "weight", n, compute);
   check_vector(mean, "mean", m, compute);
   check_vector(rstd, "rstd", m, compute);
+  const bool need_dx = dx.defined();
   const bool need_dwb = need_dweight || need_dbias;
-  std::optional<at::Tensor> dx;
-  if (need_dx) {
-    dx = empty_output(x);
+  if (!need_dx && !need_dwb) {
+    return {};
   }
   const int64_t pieces = piece_count(m);
   // Per piece of rows: double partials of dweight and dbias (n each).
   std::vector<double> piece_sums(need_dwb ? size_t(pieces) * 2 * n : 0, 0.0);
   {
-    pybind11::gil_scoped_release no_gil;
+    ReleaseGilIfHeld no_gil;
     dispatch_storage(x.scalar_type(), "layer_norm_backward", [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       using C = compute_t<T>;
       const BackwardArgs<T> args{static_cast<const T*>(dy.data_ptr()), static_cast<const T*>(x.data_ptr()),
                                  data_or_null<const C>(weight), static_cast<const C*>(mean.data_ptr()),
                                  static_cast<const C*>(rstd.data_ptr()),
-                                 need_dx ? static_cast<T*>(dx->data_ptr()) : nullptr, n};
-      if (!need_dx && !need_dwb) {
-        return;
-      }
+                                 need_dx ? static_cast<T*>(dx.data_ptr()) : nullptr, n};
       parallel_pieces(m, pieces, m * n, [&](int64_t piece, int64_t begin, int64_t end) {
-        double* sums = need_dwb ? piece_sums.data() + size_t(piece) * 2 * n : nullptr;
         if (!need_dwb) {
           backward_rows(args, begin, end, nullptr, nullptr, nullptr, nullptr);
           return;
         }
+        double* sums = piece_sums.data() + size_t(piece) * 2 * n;
         std::vector<C> block(2 * n);
         backward_rows(args, begin, end, block.data(), block.data() + n, sums, sums + n);
       });
     });
   }
-  std::optional<at::Tensor> dweight, dbias;
-  if (need_dwb) {
-    at::Tensor totals = at::zeros({2, n}, x.options().dtype(at::kDouble));
-    double* t = totals.data_ptr<double>();
-    for (int64_t piece = 0; piece < pieces; ++piece) {
-      const double* partial = piece_sums.data() + size_t(piece) * 2 * n;
-      for (int64_t i = 0; i < 2 * n; ++i) {
-        t[i] += partial[i];
-      }
-    }
-    totals = totals.to(compute);
-    if (need_dweight) {
-      dweight = totals[0];
-    }
-    if (need_dbias) {
-      dbias = totals[1];
-    }
+  if (!need_dwb) {
+    return {};
   }
-  return {dx, dweight, dbias};
+  at::Tensor totals = at::empty({2, n}, x.options().dtype(compute));
+  dispatch_storage(compute, "layer_norm_backward", [&](auto* tag) {
+    using C = std::remove_pointer_t<decltype(tag)>;
+    C* t = static_cast<C*>(totals.data_ptr());
+    for (int64_t i = 0; i < 2 * n; ++i) {
+      double total = 0;
+      for (int64_t piece = 0; piece < pieces; ++piece) {
+        total += piece_sums[size_t(piece) * 2 * n + i];
+      }
+      t[i] = C(total);
+    }
+  });
+  return {need_dweight ? totals[0] : at::Tensor(), need_dbias ? totals[1] : at::Tensor()};
+}
+
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>> layer_norm_backward(
+    const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& weight, const at::Tensor& mean,
+    const at::Tensor& rstd, bool need_dx, bool need_dweight, bool need_dbias) {
+  check_rows(x, "x");
+  at::Tensor dx = need_dx ? empty_output(x) : at::Tensor();
+  auto [dweight, dbias] = layer_norm_backward_into(dy, x, weight, mean, rstd, dx, need_dweight, need_dbias);
+  return {optional_of(dx), optional_of(dweight), optional_of(dbias)};
+}
+
+// ----- eager autograd: one call from Python per forward, a C++ backward ----------------------
+
+// The Python backward for what the kernels do not compute (see needs_composite_backward):
+// (dy, x, weight, bias, mean, rstd, normalized_ndim, eps, need_dx, need_dweight, need_dbias)
+// -> (dx, dweight, dbias), None where not needed.
+PythonCallable composite_backward;
+
+// LayerNorm over the trailing normalized_ndim dims of a non-empty x; weight and bias undefined
+// when absent. Outputs are new tensors (never views), so in-place ops on them are allowed.
+struct LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const std::optional<at::Tensor>& weight_opt, const std::optional<at::Tensor>& bias_opt,
+                            int64_t normalized_ndim, double eps) {
+    const at::Tensor weight = weight_opt.value_or(at::Tensor()), bias = bias_opt.value_or(at::Tensor());
+    TORCH_CHECK(normalized_ndim >= 1 && normalized_ndim <= x.dim(), "layer_norm: bad normalized_ndim");
+    int64_t n = 1;
+    for (int64_t d = x.dim() - normalized_ndim; d < x.dim(); ++d) {
+      n *= x.size(d);
+    }
+    TORCH_CHECK(n > 0, "layer_norm: the autograd path needs non-empty rows");
+    const at::Tensor rows = x.reshape({x.numel() / n, n}).contiguous();
+    const c10::ScalarType compute = compute_dtype(x);
+    const at::Tensor weight_c = flat_in(weight, compute);
+    const at::Tensor bias_c = flat_in(bias, compute);
+    at::Tensor y = empty_output(x.sizes(), c10::contiguous_strides(x.sizes()), x.options());
+    auto [mean, rstd] = layer_norm_forward_into(rows, optional_of(weight_c), optional_of(bias_c), eps, y);
+    ctx->save_for_backward({rows, weight_c, mean, rstd, x, weight, bias});
+    ctx->saved_data["normalized_ndim"] = normalized_ndim;
+    ctx->saved_data["eps"] = eps;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor& dy = grads[0];
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &rows = saved[0], &weight_c = saved[1], &mean = saved[2], &rstd = saved[3], &x = saved[4],
+                     &weight = saved[5], &bias = saved[6];
+    const auto [need_dx, need_dweight, need_dbias] = gradients_needed(ctx, weight, bias);
+    if (needs_composite_backward(dy)) {
+      auto g = composite_backward.call_for_grads("layer_norm", dy, x, optional_of(weight), optional_of(bias), mean,
+                                                 rstd, ctx->saved_data["normalized_ndim"].toInt(),
+                                                 ctx->saved_data["eps"].toDouble(), need_dx, need_dweight, need_dbias);
+      return {g[0], g[1], g[2], at::Tensor(), at::Tensor()};
+    }
+    const at::Tensor dy_rows = dy.reshape(rows.sizes()).contiguous();
+    at::Tensor dx = need_dx ? empty_output(x.sizes(), c10::contiguous_strides(x.sizes()), x.options()) : at::Tensor();
+    auto [dweight, dbias] =
+        layer_norm_backward_into(dy_rows, rows, optional_of(weight_c), mean, rstd, dx, need_dweight, need_dbias);
+    return {dx, as_parameter_grad(dweight, weight), as_parameter_grad(dbias, bias), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor layer_norm_autograd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                               const std::optional<at::Tensor>& bias, int64_t normalized_ndim, double eps) {
+  return LayerNormFunction::apply(x, weight, bias, normalized_ndim, eps);
 }
 
 void register_bindings(pybind11::module_& m) {
@@ -316,6 +391,12 @@ void register_bindings(pybind11::module_& m) {
   m.def("layer_norm_backward", &layer_norm_backward, py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("mean"),
         py::arg("rstd"), py::arg("need_dx"), py::arg("need_dweight"), py::arg("need_dbias"),
         "Gradients (dx, dweight, dbias) of layer_norm_forward; None where not needed");
+  m.def("layer_norm_autograd", &layer_norm_autograd, py::arg("x"), py::arg("weight"), py::arg("bias"),
+        py::arg("normalized_ndim"), py::arg("eps"),
+        "Differentiable LayerNorm of plain non-empty CPU x over its trailing normalized_ndim dims, backward in C++");
+  m.def(
+      "set_layer_norm_composite_backward", [](py::object fn) { composite_backward.set(fn); }, py::arg("fn"),
+      "The Python backward layer_norm_autograd uses when a graph is built or the gradient is not plain");
 }
 
 const RegisterBindings registered(register_bindings);

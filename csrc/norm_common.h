@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <omp.h>
 #include <torch/extension.h>
 
@@ -12,6 +13,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "dtypes.h"
 #include "parallel.h"
@@ -82,13 +87,12 @@ FUSED_OPTIM_INLINE void span_moments(const T* x, int64_t n, Moments<A>& acc) {
 // Outputs of at least this size are advised to use transparent huge pages (see empty_output).
 constexpr size_t kHugePageAdviceBytes = size_t(32) << 20;
 
-// A new tensor like `like`, for a kernel to fill. glibc serves allocations of 32 MB and more
-// with fresh memory each time, which the kernel then fills with thousands of 4 KB page faults,
-// often most of a norm's time; advised to use 2 MB pages, the same memory faults in a few
-// hundred times fewer steps (torch's allocator does the same under THP_MEM_ALLOC_ENABLE=1).
-// Advice only: where the system declines it, nothing changes.
-inline at::Tensor empty_output(const at::Tensor& like) {
-  at::Tensor out = at::empty_like(like);
+// Advises the memory of a new output of at least kHugePageAdviceBytes to use transparent huge
+// pages. glibc serves allocations of 32 MB and more with fresh memory each time, which the kernel
+// then fills with thousands of 4 KB page faults, often most of a norm's time; advised to use 2 MB
+// pages, the same memory faults in a few hundred times fewer steps (torch's allocator does the
+// same under THP_MEM_ALLOC_ENABLE=1). Advice only: where the system declines it, nothing changes.
+inline void advise_huge_pages(const at::Tensor& out) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   const size_t bytes = out.nbytes();
   if (bytes >= kHugePageAdviceBytes) {
@@ -100,8 +104,102 @@ inline at::Tensor empty_output(const at::Tensor& like) {
       madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
     }
   }
+#else
+  (void)out;
 #endif
+}
+
+// A new tensor like `like`, for a kernel to fill.
+inline at::Tensor empty_output(const at::Tensor& like) {
+  at::Tensor out = at::empty_like(like);
+  advise_huge_pages(out);
   return out;
+}
+
+// A new tensor of these sizes and strides, for a kernel to fill.
+inline at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options) {
+  at::Tensor out = at::empty_strided(sizes, strides, options);
+  advise_huge_pages(out);
+  return out;
+}
+
+// Releases the GIL for a kernel's loops when the calling thread holds it: a call from Python
+// does, the autograd engine running a C++ backward does not.
+class ReleaseGilIfHeld {
+ public:
+  ReleaseGilIfHeld() : state_(PyGILState_Check() ? PyEval_SaveThread() : nullptr) {}
+  ~ReleaseGilIfHeld() {
+    if (state_ != nullptr) {
+      PyEval_RestoreThread(state_);
+    }
+  }
+  ReleaseGilIfHeld(const ReleaseGilIfHeld&) = delete;
+  ReleaseGilIfHeld& operator=(const ReleaseGilIfHeld&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
+
+// ----- the eager autograd path (C++ autograd Functions) ---------------------------------------
+
+// Whether a backward must be computed by the Python composite backward rather than the kernels:
+// a graph is being built (create_graph=True), the gradient is not a plain CPU tensor (batched
+// gradients, a subclass), or a dispatch mode is active.
+inline bool needs_composite_backward(const at::Tensor& dy) {
+  return at::GradMode::is_enabled() || !is_plain_cpu_tensor(dy) || c10::impl::TorchDispatchModeTLS::stack_len() > 0;
+}
+
+// Which of (x, weight, bias) need a gradient, for a Function whose forward took (x, weight,
+// bias, ...) with weight and bias optional: absent inputs have no edge, so the edges of the
+// later ones move down.
+inline std::tuple<bool, bool, bool> gradients_needed(const torch::autograd::AutogradContext* ctx,
+                                                     const at::Tensor& weight, const at::Tensor& bias) {
+  size_t edge = 0;
+  const bool dx = ctx->needs_input_grad(edge++);
+  const bool dweight = weight.defined() && ctx->needs_input_grad(edge++);
+  const bool dbias = bias.defined() && ctx->needs_input_grad(edge);
+  return {dx, dweight, dbias};
+}
+
+// A Python callable set once from Python (the composite backward of an op), never released: it
+// lives as long as the interpreter.
+class PythonCallable {
+ public:
+  void set(pybind11::object fn) { fn_ = fn.release().ptr(); }
+
+  // (dx, dweight, dbias) from the callable, each None or a tensor; undefined tensors for None.
+  template <typename... Args>
+  std::vector<at::Tensor> call_for_grads(const char* op, Args&&... args) const {
+    TORCH_CHECK(fn_ != nullptr, op, ": no composite backward was registered");
+    pybind11::gil_scoped_acquire gil;
+    pybind11::object out = pybind11::reinterpret_borrow<pybind11::object>(fn_)(std::forward<Args>(args)...);
+    auto grads = out.cast<std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>>();
+    return {std::get<0>(grads).value_or(at::Tensor()), std::get<1>(grads).value_or(at::Tensor()),
+            std::get<2>(grads).value_or(at::Tensor())};
+  }
+
+ private:
+  PyObject* fn_ = nullptr;
+};
+
+inline std::optional<at::Tensor> optional_of(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// t flat (1-D), contiguous and in `dtype`: t itself when it already is.
+inline at::Tensor flat_in(const at::Tensor& t, c10::ScalarType dtype) {
+  if (!t.defined() || (t.dim() == 1 && t.scalar_type() == dtype && t.is_contiguous())) {
+    return t;
+  }
+  return t.reshape(-1).to(dtype).contiguous();
+}
+
+// A gradient in its parameter's shape and dtype.
+inline at::Tensor as_parameter_grad(const at::Tensor& grad, const at::Tensor& parameter) {
+  if (!grad.defined() || (parameter.dim() == 1 && grad.scalar_type() == parameter.scalar_type())) {
+    return grad;
+  }
+  return grad.reshape(parameter.sizes()).to(parameter.scalar_type());
 }
 
 // Pieces per thread of a parallel loop: more pieces than threads, handed out as threads free up,

@@ -18,6 +18,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 
+from .. import _backend, _cpp
+
 FAST = "fast"
 OP = "op"
 COMPOSITE = "composite"
@@ -70,3 +72,11 @@ def route(*tensors):
 def is_plain(t):
     """True for a tensor a kernel may read: no subclass, no batched wrapper, real storage, no mode."""
     return not _subclass_like(t) and not t.is_meta
+
+
+def resolve_eager(name, device):
+    """``_backend.resolve`` for a FAST call (never a trace): "auto" and "cpp" on CPU resolve to
+    "cpp" without the general lookup once the extension is loaded, which it stays."""
+    if (name == "cpp" or name == "auto") and device.type == "cpu" and _cpp.unavailable_reason() is None:
+        return "cpp"
+    return _backend.resolve(name, device)

@@ -409,6 +409,26 @@ def _op_backward(ctx, dy, *_):
 batch_norm_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
+def _cpp_composite_backward(dy, x, weight, bias, mean, rstd, used_batch_stats, eps, need_dx, need_dweight, need_dbias):
+    """The backward the C++ autograd path hands back to Python: a graph being built, or a
+    gradient that is not a plain tensor (batched gradients, a subclass, a dispatch mode)."""
+    return _backward_on_path(_backward_path(dy), dy, x, weight, bias, mean, rstd, used_batch_stats, eps,
+                             (need_dx, need_dweight, need_dbias), "cpp")
+
+
+_cpp_autograd_extension = None
+
+
+def _cpp_autograd():
+    """The C++ extension, its ``batch_norm_autograd`` told which Python backward to fall back on."""
+    global _cpp_autograd_extension
+    if _cpp_autograd_extension is None:
+        extension = _cpp.get()
+        extension.set_batch_norm_composite_backward(_cpp_composite_backward)
+        _cpp_autograd_extension = extension
+    return _cpp_autograd_extension
+
+
 def check_batch_norm(input, running_mean, running_var, weight, bias, training, eps=1e-5):
     """Raise torch's error for arguments batch_norm rejects; changes nothing."""
     if not isinstance(input, torch.Tensor):
@@ -419,6 +439,7 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, training, e
     if not input.is_floating_point():
         raise RuntimeError(f"batch_norm: expected a floating-point input, got {input.dtype}")
     channels = input.shape[1]
+    device = input.device
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
         if t is None:
             continue
@@ -429,8 +450,8 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, training, e
                                + ("" if t.dim() == 1 else f" (got a {t.dim()}-D tensor)"))
         if not t.is_floating_point():
             raise RuntimeError(f"batch_norm: {name} must be a floating-point tensor, got {t.dtype}")
-        if t.device != input.device:
-            raise RuntimeError(f"batch_norm: {name} is on {t.device} but the input is on {input.device}")
+        if t.device != device:
+            raise RuntimeError(f"batch_norm: {name} is on {t.device} but the input is on {device}")
     if training:
         values_per_channel = input.shape[0] * math.prod(input.shape[2:])
         if values_per_channel == 1:
@@ -455,7 +476,9 @@ def prepare_batch_norm(input, running_mean, running_var, weight, bias, training,
     name = _backend.validate_name(backend)
     check_batch_norm(input, running_mean, running_var, weight, bias, training, eps)
     path = _route.route(input, weight, bias, running_mean, running_var)
-    if path != _route.COMPOSITE and not torch.compiler.is_compiling():
+    if path == _route.FAST:
+        name = _route.resolve_eager(name, input.device)
+    elif path == _route.OP and not torch.compiler.is_compiling():
         name = _backend.resolve(name, input.device)
     return path, name
 
@@ -465,6 +488,10 @@ def batch_norm_prepared(prepared, input, running_mean, running_var, weight, bias
     path, backend = prepared
     training, momentum, eps = bool(training), float(momentum), float(eps)
     if path == _route.FAST:
+        if backend == "cpp" and input.numel() > 0:
+            # One call: the C++ autograd Function runs the kernels and records a C++ backward.
+            return _cpp_autograd().batch_norm_autograd(input, weight, bias, running_mean, running_var, training,
+                                                       momentum, eps)
         return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, training, momentum, eps,
                                        backend)
     if path == _route.OP:

@@ -228,6 +228,26 @@ def _op_backward(ctx, dy, _dmean, _drstd):
 layer_norm_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
+def _cpp_composite_backward(dy, x, weight, bias, mean, rstd, normalized_ndim, eps, need_dx, need_dweight, need_dbias):
+    """The backward the C++ autograd path hands back to Python: a graph being built, or a
+    gradient that is not a plain tensor (batched gradients, a subclass, a dispatch mode)."""
+    return _backward_on_path(_backward_path(dy), dy, x, weight, bias, mean, rstd, normalized_ndim, eps,
+                             (need_dx, need_dweight, need_dbias), "cpp")
+
+
+_cpp_autograd_extension = None
+
+
+def _cpp_autograd():
+    """The C++ extension, its ``layer_norm_autograd`` told which Python backward to fall back on."""
+    global _cpp_autograd_extension
+    if _cpp_autograd_extension is None:
+        extension = _cpp.get()
+        extension.set_layer_norm_composite_backward(_cpp_composite_backward)
+        _cpp_autograd_extension = extension
+    return _cpp_autograd_extension
+
+
 # Traced calls on CUDA tensors whose backend is (or resolves to) triton take the triton_ops of
 # fused_optim.triton.layer_norm instead, so the compiler sees the kernel launches. They are registered
 # at import where they can run (CUDA and triton present), never inside a trace; a caller tracing
@@ -288,7 +308,7 @@ def _check_parameter(name, t, normalized_shape, x):
         return
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"layer_norm: {name} must be a tensor or None, got {type(t).__name__}")
-    if tuple(t.shape) != normalized_shape:
+    if t.shape != normalized_shape:
         raise RuntimeError(
             f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape {list(t.shape)} "
             f"and normalized_shape = {list(normalized_shape)}"
@@ -302,7 +322,7 @@ def _check_parameter(name, t, normalized_shape, x):
 def normalized_shape_tuple(normalized_shape):
     if isinstance(normalized_shape, numbers.Integral):
         return (int(normalized_shape),)
-    return tuple(int(s) for s in normalized_shape)
+    return tuple(map(int, normalized_shape))
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend=None):
@@ -321,7 +341,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
             "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, "
             "but got normalized_shape = []"
         )
-    if input.dim() < len(shape) or tuple(input.shape[input.dim() - len(shape):]) != shape:
+    if input.dim() < len(shape) or input.shape[input.dim() - len(shape):] != shape:
         raise RuntimeError(
             f"Given normalized_shape={list(shape)}, expected input with shape [*, {', '.join(map(str, shape))}], "
             f"but got input of size{list(input.shape)}"
@@ -331,14 +351,18 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
     _check_parameter("weight", weight, shape, input)
     _check_parameter("bias", bias, shape, input)
     path = _route.route(input, weight, bias)
+    if path == _route.FAST:
+        name = _route.resolve_eager(name, input.device)
+        if name == "cpp" and input.numel() > 0:
+            # One call: the C++ autograd Function runs the kernels and records a C++ backward.
+            return _cpp_autograd().layer_norm_autograd(input, weight, bias, len(shape), float(eps))
+        return LayerNormFunction.apply(input, weight, bias, len(shape), float(eps), name)
     if path == _route.COMPOSITE:
         return layer_norm_composite(input, len(shape), weight, bias, float(eps))
     # An explicit backend that cannot run these tensors is an error now, unless this is a trace:
     # then the compiled code resolves it when it runs.
     if not torch.compiler.is_compiling():
         name = _backend.resolve(name, input.device)
-    if path == _route.FAST:
-        return LayerNormFunction.apply(input, weight, bias, len(shape), float(eps), name)
     if uses_triton_ops(input, name):
         return _layer_norm_triton(input, weight, bias, len(shape), float(eps))
     return torch.ops.fused_optim.layer_norm_forward(input, weight, bias, len(shape), float(eps), name)[0]
