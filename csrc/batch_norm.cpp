@@ -12,12 +12,14 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "dtypes.h"
 #include "norm_common.h"
 #include "registry.h"
 #include "simd.h"
+#include "stream_store.h"
 
 namespace fused_optim {
 namespace {
@@ -523,9 +525,26 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_forward_into(const at::Tensor& x, 
     }
     const T* src = static_cast<const T*>(x.data_ptr());
     T* dst = static_cast<T*>(y.data_ptr());
+    // float32 outputs too large to stay in the cache are written with streaming stores
+    // (stream_store.h); channels_last rows only when every row starts on a 64-byte boundary.
+    const bool stream = std::is_same_v<T, float> && should_stream(x.nbytes(), y.nbytes()) &&
+                        (!shape.channels_last || (channels % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0));
     ReleaseGilIfHeld no_gil;
     parallel_pieces(shape.units(), piece_count(shape.units()), shape.numel(), [&](int64_t, int64_t begin,
                                                                                    int64_t end) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (stream && shape.channels_last) {
+          stream_affine(src + begin * channels, dst + begin * channels, (end - begin) * channels, alpha.data(),
+                        beta.data(), channels);
+          return;
+        }
+        if (stream) {
+          for_each_plane_piece(begin, end, shape.spatial, [&](int64_t plane, int64_t i, int64_t len) {
+            stream_affine(src + i, dst + i, len, alpha.data() + plane % channels, beta.data() + plane % channels, 1);
+          });
+          return;
+        }
+      }
       if (shape.channels_last) {
         rows_affine(src, dst, channels, alpha.data(), beta.data(), begin, end);
       } else {

@@ -10,12 +10,14 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "dtypes.h"
 #include "norm_common.h"
 #include "registry.h"
 #include "simd.h"
+#include "stream_store.h"
 
 namespace fused_optim {
 namespace {
@@ -31,6 +33,7 @@ struct ForwardArgs {
   C* rstd;
   int64_t n;
   C eps;
+  bool stream;  // float32 rows written with streaming stores (stream_store.h)
 };
 
 template <typename T>
@@ -58,6 +61,14 @@ FUSED_OPTIM_INLINE void forward_rows_body(const ForwardArgs<T>& a, int64_t begin
     span_moments(x, n, moments);
     const C mean = moments.mean;
     const C rstd = C(1) / std::sqrt(moments.m2 / C(n) + a.eps);
+    if constexpr (std::is_same_v<T, float>) {
+      if (a.stream) {
+        stream_layer_norm_row(x, y, n, mean, rstd, HAS_WEIGHT ? weight : nullptr, HAS_BIAS ? bias : nullptr);
+        a.mean[r] = mean;
+        a.rstd[r] = rstd;
+        continue;
+      }
+    }
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
       C v = (load(x[i]) - mean) * rstd;
@@ -237,9 +248,13 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_forward_into(const at::Tensor& x, 
     using C = compute_t<T>;
     const ForwardArgs<T> args{static_cast<const T*>(x.data_ptr()), static_cast<T*>(y.data_ptr()),
                               data_or_null<const C>(weight), data_or_null<const C>(bias),
-                              static_cast<C*>(mean.data_ptr()), static_cast<C*>(rstd.data_ptr()), n, C(eps)};
+                              static_cast<C*>(mean.data_ptr()), static_cast<C*>(rstd.data_ptr()), n, C(eps),
+                              std::is_same_v<T, float> && should_stream(x.nbytes(), y.nbytes())};
     parallel_pieces(m, piece_count(m), m * n, [&](int64_t, int64_t begin, int64_t end) {
       forward_rows(args, begin, end);
+      if (args.stream) {
+        stream_fence();
+      }
     });
   });
   return {mean, rstd};
