@@ -652,9 +652,29 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_into(const at::Tensor& dy
     }
     const DxCoefficients<T> k{m, k1.data(), k2.data(), k3.data()};
     T* out = static_cast<T*>(dx->data_ptr());
+    // float32 dx too large to stay in the cache: streaming stores, as in the forward
+    const bool stream = std::is_same_v<T, float> && should_stream(2 * x.nbytes(), dx->nbytes()) &&
+                        (!shape.channels_last || (channels % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0));
     ReleaseGilIfHeld no_gil;
     parallel_pieces(shape.units(), piece_count(shape.units()), 3 * shape.numel(), [&](int64_t, int64_t begin,
                                                                                        int64_t end) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (stream && shape.channels_last) {
+          stream_batch_norm_dx(g + begin * channels, v + begin * channels, out + begin * channels,
+                               (end - begin) * channels, m, k1.data(), k2.data(), k3.data(), channels, used_batch_stats);
+          stream_fence();
+          return;
+        }
+        if (stream) {
+          for_each_plane_piece(begin, end, shape.spatial, [&](int64_t plane, int64_t i, int64_t len) {
+            const int64_t c = plane % channels;
+            stream_batch_norm_dx(g + i, v + i, out + i, len, m + c, k1.data() + c, k2.data() + c, k3.data() + c, 1,
+                                 used_batch_stats);
+          });
+          stream_fence();
+          return;
+        }
+      }
       if (shape.channels_last) {
         rows_dx(g, v, out, k, channels, begin, end, used_batch_stats);
       } else {

@@ -122,6 +122,40 @@ FUSED_OPTIM_STREAM_ROW(stream_layer_norm_row_avx, "avx", __m256, 8, 32, _mm256_l
                        _mm256_set1_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_add_ps)
 #undef FUSED_OPTIM_STREAM_ROW
 
+// BatchNorm's dx: out[j] = (g[j] * k1 + (v[j] - m) * k2) + k3 with batch statistics, else
+// g[j] * k1, the coefficients of channel j % period (period 1: one channel), in batch_norm.cpp's
+// order of operations.
+#define FUSED_OPTIM_STREAM_DX(NAME, TARGET, VEC, WIDTH, ALIGN, LOAD, STORE, SET1, SUB, MUL, ADD)                   \
+  __attribute__((target(TARGET))) inline void NAME(const float* g, const float* v, float* out, int64_t n,          \
+                                                   const float* m, const float* k1, const float* k2,               \
+                                                   const float* k3, int64_t period, bool batch_stats) {            \
+    auto one = [&](int64_t j) {                                                                                     \
+      const int64_t c = period == 1 ? 0 : j % period;                                                              \
+      out[j] = batch_stats ? g[j] * k1[c] + (v[j] - m[c]) * k2[c] + k3[c] : g[j] * k1[c];                          \
+    };                                                                                                              \
+    int64_t j = 0;                                                                                                  \
+    for (; j < n && (reinterpret_cast<uintptr_t>(out + j) & (ALIGN - 1)) != 0; ++j) one(j);                        \
+    for (; j + WIDTH <= n; j += WIDTH) {                                                                            \
+      const int64_t c = period == 1 ? 0 : j % period;                                                              \
+      const VEC vk1 = period == 1 ? SET1(k1[0]) : LOAD(k1 + c);                                                    \
+      VEC r = MUL(LOAD(g + j), vk1);                                                                                \
+      if (batch_stats) {                                                                                            \
+        const VEC vm = period == 1 ? SET1(m[0]) : LOAD(m + c);                                                     \
+        const VEC vk2 = period == 1 ? SET1(k2[0]) : LOAD(k2 + c);                                                  \
+        const VEC vk3 = period == 1 ? SET1(k3[0]) : LOAD(k3 + c);                                                  \
+        r = ADD(ADD(r, MUL(SUB(LOAD(v + j), vm), vk2)), vk3);                                                      \
+      }                                                                                                             \
+      STORE(out + j, r);                                                                                            \
+    }                                                                                                               \
+    for (; j < n; ++j) one(j);                                                                                      \
+  }
+
+FUSED_OPTIM_STREAM_DX(stream_batch_norm_dx_avx512, "avx512f", __m512, 16, 64, _mm512_loadu_ps, _mm512_stream_ps,
+                      _mm512_set1_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_add_ps)
+FUSED_OPTIM_STREAM_DX(stream_batch_norm_dx_avx, "avx", __m256, 8, 32, _mm256_loadu_ps, _mm256_stream_ps,
+                      _mm256_set1_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_add_ps)
+#undef FUSED_OPTIM_STREAM_DX
+
 #endif
 
 // Which streaming variant this CPU runs: 2 AVX-512, 1 AVX, 0 none.
@@ -160,6 +194,19 @@ inline void stream_layer_norm_row(const float* x, float* y, int64_t n, float mea
     stream_layer_norm_row_avx512(x, y, n, mean, rstd, w, b);
   } else {
     stream_layer_norm_row_avx(x, y, n, mean, rstd, w, b);
+  }
+#endif
+}
+
+// BatchNorm's dx with streaming stores (see stream_batch_norm_dx_avx512); period 1 or a multiple
+// of 16 with `out` 64-byte aligned at every period boundary.
+inline void stream_batch_norm_dx(const float* g, const float* v, float* out, int64_t n, const float* m,
+                                 const float* k1, const float* k2, const float* k3, int64_t period, bool batch_stats) {
+#ifdef FUSED_OPTIM_STREAM_STORES
+  if (stream_level() == 2) {
+    stream_batch_norm_dx_avx512(g, v, out, n, m, k1, k2, k3, period, batch_stats);
+  } else {
+    stream_batch_norm_dx_avx(g, v, out, n, m, k1, k2, k3, period, batch_stats);
   }
 #endif
 }

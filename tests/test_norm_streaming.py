@@ -58,3 +58,36 @@ def test_batch_norm_training_streamed_matches_torch():
     torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ours.running_mean, theirs.running_mean)
     torch.testing.assert_close(ours.running_var, theirs.running_var)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_norm_streamed_dx_equals_the_normal_stores(channels_last):
+    torch.manual_seed(2)
+    bn = fo.BatchNorm2d(64, backend="cpp").eval()
+    with torch.no_grad():
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+    x = torch.randn(9, 64, 89, 91)
+    dy = torch.randn_like(x)
+    if channels_last:
+        x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    x.requires_grad_()
+    (dx,) = torch.autograd.grad(bn(x), x, dy)  # eval: dx = dy * weight * rstd, channel by channel
+    x2 = x.detach()[:2].requires_grad_()
+    (dx2,) = torch.autograd.grad(bn(x2), x2, dy[:2])
+    assert torch.equal(dx[:2], dx2)
+    reference = torch.nn.BatchNorm2d(64).eval()
+    reference.load_state_dict(bn.state_dict())
+    x3 = x.detach().requires_grad_()
+    torch.testing.assert_close(dx, torch.autograd.grad(reference(x3), x3, dy)[0])
+
+
+def test_batch_norm_training_streamed_gradients_match_torch():
+    torch.manual_seed(3)
+    x = torch.randn(9, 64, 89, 91).requires_grad_()
+    dy = torch.randn_like(x)
+    ours, theirs = fo.BatchNorm2d(64, backend="cpp"), torch.nn.BatchNorm2d(64)
+    got = torch.autograd.grad(ours(x), [x, ours.weight, ours.bias], dy)
+    expected = torch.autograd.grad(theirs(x), [x, theirs.weight, theirs.bias], dy)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
