@@ -4,6 +4,7 @@ JIT build cached on disk, else nothing, with the reason kept for ``available_bac
 Loading happens on first use, never at ``import fused_optim``, and never raises.
 """
 
+import hashlib
 import os
 import sys
 import threading
@@ -52,7 +53,10 @@ def _load():
         import torch
         from torch.utils.cpp_extension import load
 
-        tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-{expected}"
+        # The build files name the sources by absolute path, so each source folder gets its own
+        # build folder: two checkouts with the same sources would otherwise rebuild each other's.
+        where = hashlib.sha256(os.path.realpath(csrc).encode()).hexdigest()[:8]
+        tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-{expected}-{where}"
         build_dir = os.path.join(_cache_root(), tag)
         os.makedirs(build_dir, exist_ok=True)
         module = load(
