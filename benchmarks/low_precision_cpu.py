@@ -22,26 +22,26 @@ from fused_optim.benchmark import traffic
 N = 1 << 24  # 16.8M elements
 
 
-def copy_gbps(repeats):
-    src = torch.empty(N * 2, dtype=torch.float32).normal_()
-    dst = torch.empty_like(src)
+def _bandwidth(op, moved_bytes, repeats):
+    """GB/s of ``op()``, which moves ``moved_bytes``: the median of ``repeats`` timings."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        dst.copy_(src)
+        op()
         times.append(time.perf_counter() - start)
-    return 2 * src.numel() * 4 / statistics.median(times) / 1e9
+    return moved_bytes / statistics.median(times) / 1e9
+
+
+def copy_gbps(repeats):
+    src = torch.empty(N * 2, dtype=torch.float32).normal_()
+    dst = torch.empty_like(src)
+    return _bandwidth(lambda: dst.copy_(src), 2 * src.numel() * 4, repeats)
 
 
 def inplace_gbps(repeats):
     a = torch.empty(N * 2, dtype=torch.float32).normal_()
     b = torch.empty_like(a).normal_()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a.add_(b)
-        times.append(time.perf_counter() - start)
-    return 3 * a.numel() * 4 / statistics.median(times) / 1e9
+    return _bandwidth(lambda: a.add_(b), 3 * a.numel() * 4, repeats)
 
 
 def case(dtype, master=None, state=None, torch_fused=False):

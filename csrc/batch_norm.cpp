@@ -536,12 +536,14 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_forward_into(const at::Tensor& x, 
         if (stream && shape.channels_last) {
           stream_affine(src + begin * channels, dst + begin * channels, (end - begin) * channels, alpha.data(),
                         beta.data(), channels);
+          stream_fence();
           return;
         }
         if (stream) {
           for_each_plane_piece(begin, end, shape.spatial, [&](int64_t plane, int64_t i, int64_t len) {
             stream_affine(src + i, dst + i, len, alpha.data() + plane % channels, beta.data() + plane % channels, 1);
           });
+          stream_fence();
           return;
         }
       }

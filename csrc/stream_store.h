@@ -35,62 +35,30 @@ inline int64_t last_level_cache_bytes() {
 
 #ifdef FUSED_OPTIM_STREAM_STORES
 
-__attribute__((target("avx512f"))) inline void stream_affine_avx512(const float* x, float* y, int64_t n,
-                                                                    const float* a, const float* b,
-                                                                    int64_t period) {
-  // y[k] = x[k] * a[k % period] + b[k % period]; period 1: one scale for the whole span.
-  int64_t k = 0;
-  for (; k < n && (reinterpret_cast<uintptr_t>(y + k) & 63) != 0; ++k) {
-    const int64_t c = period == 1 ? 0 : k % period;
-    y[k] = x[k] * a[c] + b[c];
+// y[k] = x[k] * a[c] + b[c] with c = k % period (period 1: one scale for the whole span).
+#define FUSED_OPTIM_STREAM_AFFINE(NAME, TARGET, VEC, WIDTH, ALIGN, LOAD, STORE, SET1, MUL, ADD)                  \
+  __attribute__((target(TARGET))) inline void NAME(const float* x, float* y, int64_t n, const float* a,          \
+                                                   const float* b, int64_t period) {                             \
+    auto one = [&](int64_t k) {                                                                                   \
+      const int64_t c = period == 1 ? 0 : k % period;                                                            \
+      y[k] = x[k] * a[c] + b[c];                                                                                  \
+    };                                                                                                            \
+    int64_t k = 0;                                                                                                \
+    for (; k < n && (reinterpret_cast<uintptr_t>(y + k) & (ALIGN - 1)) != 0; ++k) one(k);                        \
+    for (; k + WIDTH <= n; k += WIDTH) {                                                                          \
+      const int64_t c = period == 1 ? 0 : k % period; /* period % 16 == 0: a vector never wraps */               \
+      const VEC va = period == 1 ? SET1(a[0]) : LOAD(a + c);                                                     \
+      const VEC vb = period == 1 ? SET1(b[0]) : LOAD(b + c);                                                     \
+      STORE(y + k, ADD(MUL(LOAD(x + k), va), vb));                                                                \
+    }                                                                                                             \
+    for (; k < n; ++k) one(k);                                                                                    \
   }
-  if (period == 1) {
-    const __m512 va = _mm512_set1_ps(a[0]);
-    const __m512 vb = _mm512_set1_ps(b[0]);
-    for (; k + 16 <= n; k += 16) {
-      _mm512_stream_ps(y + k, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + k), va), vb));
-    }
-  } else {
-    for (; k + 16 <= n; k += 16) {
-      const int64_t c = k % period;  // period % 16 == 0 here: a vector never wraps
-      _mm512_stream_ps(y + k, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + k), _mm512_loadu_ps(a + c)),
-                                            _mm512_loadu_ps(b + c)));
-    }
-  }
-  for (; k < n; ++k) {
-    const int64_t c = period == 1 ? 0 : k % period;
-    y[k] = x[k] * a[c] + b[c];
-  }
-  _mm_sfence();
-}
 
-__attribute__((target("avx"))) inline void stream_affine_avx(const float* x, float* y, int64_t n, const float* a,
-                                                             const float* b, int64_t period) {
-  int64_t k = 0;
-  for (; k < n && (reinterpret_cast<uintptr_t>(y + k) & 31) != 0; ++k) {
-    const int64_t c = period == 1 ? 0 : k % period;
-    y[k] = x[k] * a[c] + b[c];
-  }
-  if (period == 1) {
-    const __m256 va = _mm256_set1_ps(a[0]);
-    const __m256 vb = _mm256_set1_ps(b[0]);
-    for (; k + 8 <= n; k += 8) {
-      _mm256_stream_ps(y + k, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + k), va), vb));
-    }
-  } else {
-    for (; k + 8 <= n; k += 8) {
-      const int64_t c = k % period;
-      _mm256_stream_ps(y + k, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + k), _mm256_loadu_ps(a + c)),
-                                            _mm256_loadu_ps(b + c)));
-    }
-  }
-  for (; k < n; ++k) {
-    const int64_t c = period == 1 ? 0 : k % period;
-    y[k] = x[k] * a[c] + b[c];
-  }
-  _mm_sfence();
-}
-
+FUSED_OPTIM_STREAM_AFFINE(stream_affine_avx512, "avx512f", __m512, 16, 64, _mm512_loadu_ps, _mm512_stream_ps,
+                          _mm512_set1_ps, _mm512_mul_ps, _mm512_add_ps)
+FUSED_OPTIM_STREAM_AFFINE(stream_affine_avx, "avx", __m256, 8, 32, _mm256_loadu_ps, _mm256_stream_ps, _mm256_set1_ps,
+                          _mm256_mul_ps, _mm256_add_ps)
+#undef FUSED_OPTIM_STREAM_AFFINE
 
 // One LayerNorm row: y[i] = ((x[i] - mean) * rstd) * w[i] + b[i] (w, b may be null), the
 // operations of layer_norm.cpp's row loop in the same order.
@@ -174,7 +142,8 @@ inline bool should_stream(int64_t read_bytes, int64_t written_bytes) {
 }
 
 // y[k] = x[k] * a[k % period] + b[k % period] for k < n with streaming stores; the caller checked
-// should_stream. period is 1 (one scale) or a multiple of 16.
+// should_stream and calls stream_fence() once its spans are written. period is 1 (one scale) or a
+// multiple of 16 with y 64-byte aligned at every period boundary.
 inline void stream_affine(const float* x, float* y, int64_t n, const float* a, const float* b, int64_t period) {
 #ifdef FUSED_OPTIM_STREAM_STORES
   if (stream_level() == 2) {

@@ -56,3 +56,13 @@ def pytest_report_header(config):
     lines = [f"torch {torch.__version__}, fused_optim {fused_optim.__version__}, CUDA: {HAS_CUDA}"]
     lines += [f"  {info}" for info in fused_optim.available_backends().values()]
     return lines
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread keeps them fast on a shared machine (no OpenMP oversubscription).
+    Modules of such tests say ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,13 +8,7 @@ import fused_optim as fo
 from fused_optim.training import interpolate, loss_landscape
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread keeps them fast on a shared machine (no OpenMP oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(seed=0):

@@ -11,13 +11,7 @@ from fused_optim.nn import DropConnect, GaussianDropout, ScheduledDropout
 from fused_optim.training import RegularizedLoss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread keeps them fast on a shared machine (no OpenMP oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Model(torch.nn.Module):

@@ -13,13 +13,7 @@ import fused_optim as fo
 from fused_optim.training import Thresholds, TrainingMonitor
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread keeps them fast on a shared machine (no OpenMP oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digits():

@@ -41,6 +41,15 @@ def _max_keep_nan(values):
 
 
 @triton.jit
+def _reduce(acc, KIND: tl.constexpr):
+    """A block of accumulated values to one: the max (NaN kept) for the inf-norm, else the sum."""
+    if KIND == LINF:
+        return _max_keep_nan(acc)
+    else:
+        return tl.sum(acc, axis=0)
+
+
+@triton.jit
 def _program_chunk(table, chunks, P: tl.constexpr, ROW: tl.constexpr, PTR: tl.constexpr, NUMEL: tl.constexpr,
                    CHUNK: tl.constexpr, ALIGNED: tl.constexpr):
     """(pointer to the tensor, first element, element count, whether the chunk is whole and aligned)
@@ -100,10 +109,7 @@ def norm_partials_kernel(table, chunks, partials, p: tl.float64, P: tl.constexpr
         for i in range(0, CHUNK, BLOCK):
             offs = _chunk_offsets(start, i, BLOCK)
             acc = _accumulate(acc, tl.load(x_ptr + offs, mask=offs < n, other=0.0), p, KIND, ACC)
-    if KIND == LINF:
-        result = _max_keep_nan(acc)
-    else:
-        result = tl.sum(acc, axis=0)
+    result = _reduce(acc, KIND)
     tl.store(partials + pid, result.to(tl.float64))
 
 
@@ -131,10 +137,7 @@ def norm_finalize_kernel(partials, n, total_out, factor_out, scale_ptr, scalars,
             acc = tl.where((v > acc) | (v != v), v, acc)
         else:
             acc += v
-    if KIND == LINF:
-        s = _max_keep_nan(acc)
-    else:
-        s = tl.sum(acc, axis=0)
+    s = _reduce(acc, KIND)
     if KIND == L2:
         total = tl.sqrt(s)
     elif KIND == LP:
@@ -291,10 +294,7 @@ def tensor_norm_partials_kernel(x_ptr, n, partials, offset, p: tl.float64, ACC: 
     for i in range(0, CHUNK, BLOCK):
         offs = _chunk_offsets(start, i, BLOCK)
         acc = _accumulate(acc, tl.load(x_ptr + offs, mask=offs < n, other=0.0), p, KIND, ACC)
-    if KIND == LINF:
-        result = _max_keep_nan(acc)
-    else:
-        result = tl.sum(acc, axis=0)
+    result = _reduce(acc, KIND)
     tl.store(partials + offset + pid, result.to(tl.float64))
 
 
