@@ -17,7 +17,7 @@ import time
 import torch
 
 import fused_optim as fo
-from fused_optim.benchmark import traffic
+from fused_optim.benchmark import environment, report, traffic
 
 N = 1 << 24  # 16.8M elements
 
@@ -91,6 +91,8 @@ def main():
     load = os.getloadavg()[0]
     median = {name: statistics.median(t) for name, t in times.items()}
     rows = []
+    machine = report.describe_machine(environment.environment(), "cpu")
+    print(machine)
     print(f"copy bandwidth {bandwidth:.1f} GB/s, in-place add {inplace:.1f} GB/s, "
           f"load average {load:.1f} on {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
     print(f"{'case':34} {'ms':>7} {'B/el':>5} {'GB/s':>6} {'%copy':>6} {'%inpl':>6} {'vs fp32':>8} {'vs torch':>8}")
@@ -106,7 +108,7 @@ def main():
               f"{row['pct_of_inplace']:6.1f} {row['speedup_vs_fp32']:8.2f} {row['speedup_vs_torch_fused']:8.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(copy_gbps=bandwidth, inplace_add_gbps=inplace, load_average=load, cpus=os.cpu_count(),
+            json.dump(dict(machine=machine, copy_gbps=bandwidth, inplace_add_gbps=inplace, load_average=load, cpus=os.cpu_count(),
                            threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                            rows=rows), f, indent=1)
 

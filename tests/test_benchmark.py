@@ -250,6 +250,30 @@ def test_cache_sizes_are_read_from_sysfs_notation():
     assert size is None or size >= 2**16
 
 
+@pytest.mark.parametrize("ids, flags, expected", [
+    ({"vendor_id": "AuthenticAMD", "cpu family": "26"}, {"avx512f"}, "Zen 5"),
+    ({"vendor_id": "AuthenticAMD", "cpu family": "25"}, {"avx512f"}, "Zen 4"),
+    ({"vendor_id": "AuthenticAMD", "cpu family": "25"}, {"avx2"}, "Zen 3"),
+    ({"vendor_id": "AuthenticAMD", "cpu family": "23"}, {"avx2"}, "Zen 1/2"),
+    ({"vendor_id": "GenuineIntel", "cpu family": "6"}, {"avx512f"}, None),
+    ({"vendor_id": "AuthenticAMD"}, set(), None),
+])
+def test_microarchitecture_names_zen_generations(ids, flags, expected):
+    from fused_optim.benchmark import environment
+
+    assert environment.microarchitecture(ids, flags) == expected
+
+
+def test_environment_records_the_cpu_family():
+    from fused_optim.benchmark import environment, report
+
+    env = environment.environment()
+    cpu = env["cpu"]
+    assert {"family", "model_number", "microarchitecture"} <= set(cpu)
+    if cpu["microarchitecture"]:
+        assert f"({cpu['microarchitecture']})" in report.describe_machine(env, "cpu")
+
+
 def test_copy_bandwidth_is_measured():
     result = timing.copy_bandwidth("cpu", 1 << 20, timing.Settings.default(quick=True))
     assert result["bytes_per_copy"] == 1 << 20

@@ -28,21 +28,44 @@ def _triton_version():
 
 
 def _cpuinfo():
-    """CPU model and the SIMD extensions the C++ kernels can use, from /proc/cpuinfo (Linux)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    """CPU model, the SIMD extensions the C++ kernels can use and the x86 family/model numbers,
+    from /proc/cpuinfo (Linux)."""
+    model, flags, ids = platform.processor() or platform.machine(), set(), {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name":
+                key = key.strip()
+                if key == "model name":
                     model = value.strip()
-                elif key.strip() == "flags":
+                elif key in ("vendor_id", "cpu family", "model", "stepping"):
+                    ids.setdefault(key, value.strip())
+                elif key == "flags":
                     flags = set(value.split())
                     break
     except OSError:
         pass
     simd = [name for name in ("avx512f", "avx512_bf16", "avx2", "fma", "neon", "asimd") if name in flags]
-    return model, simd
+    return model, simd, ids, flags
+
+
+def microarchitecture(ids, flags):
+    """A coarse name for AMD's Zen generations from the x86 family number (and AVX-512 to tell
+    Zen 4 from Zen 3), which a virtual machine's bare "AMD EPYC" model name hides; None otherwise.
+    Speed figures differ between generations (Zen 5 executes 512-bit vectors at full width)."""
+    if ids.get("vendor_id") != "AuthenticAMD":
+        return None
+    try:
+        family = int(ids["cpu family"])
+    except (KeyError, ValueError):
+        return None
+    if family == 0x17:
+        return "Zen 1/2"
+    if family == 0x19:
+        return "Zen 4" if "avx512f" in flags else "Zen 3"
+    if family == 0x1A:
+        return "Zen 5"
+    return None
 
 
 def _parse_size(text):
@@ -175,7 +198,7 @@ def backends_by_device():
 def environment():
     from .. import __version__
 
-    model, simd = _cpuinfo()
+    model, simd, ids, flags = _cpuinfo()
     extension = _cpp.get()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -188,6 +211,9 @@ def environment():
         "platform": platform.platform(),
         "cpu": {
             "model": model,
+            "family": ids.get("cpu family"),
+            "model_number": ids.get("model"),
+            "microarchitecture": microarchitecture(ids, flags),
             "logical_cores": os.cpu_count(),
             "usable_cores": usable_cores(),
             "torch_threads": torch.get_num_threads(),

@@ -37,7 +37,8 @@ def human_bytes(n):
 
 def describe_machine(env, device):
     cpu = env["cpu"]
-    text = f"{cpu['model']}, {cpu['usable_cores']} cores, {cpu['torch_threads']} torch threads"
+    arch = f" ({cpu['microarchitecture']})" if cpu.get("microarchitecture") else ""
+    text = f"{cpu['model']}{arch}, {cpu['usable_cores']} cores, {cpu['torch_threads']} torch threads"
     if cpu.get("load_average"):
         text += f", load {cpu['load_average'][0]:g}"
     if str(device).startswith("cuda"):
