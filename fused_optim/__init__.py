@@ -20,6 +20,9 @@ from .nn import (
 from .ops.batch_norm import batch_norm
 from .ops.layer_norm import layer_norm
 from .optim import SGD, Adagrad, Adam, AdamW, RMSprop, strip_state_dict
+from . import _inductor
+
+_inductor.install()  # BatchNorm's lowerings for inductor, added when (if) inductor is imported
 
 __version__ = "0.1.0"
 

@@ -331,3 +331,99 @@ def test_compiled_backward_runs_the_backward_op(kind):
     assert f"fused_optim.{kind.replace('norm', '_norm')}_forward.default" in forward
     assert f"fused_optim.{kind.replace('norm', '_norm')}_backward.default" in backward
     assert not any("mean" in target or "rsqrt" in target for target in backward), backward
+
+
+def _batch_norm_inputs(shape, channels_last, dtype, stats, generator):
+    x = torch.randn(shape, generator=generator).to(dtype)
+    if channels_last:
+        x = x.movedim(1, -1).contiguous().movedim(-1, 1)
+    c = shape[1]
+    w, b = torch.rand(c, generator=generator) + 0.5, torch.randn(c, generator=generator)
+    rm, rv = (torch.randn(c, generator=generator), torch.rand(c, generator=generator) + 0.5) if stats else (None, None)
+    return x, w, b, rm, rv
+
+
+@pytest.mark.parametrize("shape,channels_last", [((4, 3, 5), False), ((2, 5, 3, 7), True), ((3, 4, 1), False),
+                                                 ((2, 3, 2, 3, 2), False), ((0, 3, 4), False)],
+                         ids=["1d", "2d-channels-last", "spatial-1", "3d", "empty"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_inductor_lowerings_match_the_ops(shape, channels_last, training, dtype):
+    """The torch-ops lowerings inductor gets give what the ops give: values, strides, dtypes."""
+    from fused_optim.ops import batch_norm
+
+    lowered = batch_norm.inductor_lowerings()
+    forward, backward = torch.ops.fused_optim.batch_norm_forward.default, torch.ops.fused_optim.batch_norm_backward.default
+    generator = torch.Generator().manual_seed(3)
+    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for stats in ([True, False] if training else [True]):
+        x, w, b, rm, rv = _batch_norm_inputs(shape, channels_last, dtype, stats, generator)
+        args = (x, w, b, rm, rv, training, 0.1, 1e-5, "cpp")
+        ours, op = lowered[forward](*args), forward(*args)
+        for a, e in zip(ours, op):
+            assert (a.shape, a.dtype) == (e.shape, e.dtype)
+            if a.numel():
+                assert a.stride() == e.stride()
+                torch.testing.assert_close(a, e, equal_nan=True, **tolerance)
+        dy = torch.randn(x.shape, generator=generator).to(dtype)
+        _, mean, rstd, _, _ = op
+        for need in ((True, True, True), (True, False, False), (False, True, True)):
+            bargs = (dy, x, w, mean, rstd, training, *need, "cpp")
+            for a, e in zip(lowered[backward](*bargs), backward(*bargs)):
+                assert (a.shape, a.dtype) == (e.shape, e.dtype)
+                if a.numel():
+                    assert a.stride() == e.stride()
+                    torch.testing.assert_close(a, e, **tolerance)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_inductor_fuses_batch_norm(channels_last):
+    """Under inductor, BatchNorm is generated code (no call to the op) and gives torch.nn's
+    results, forward and backward, running statistics included."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    ours, theirs = pair("batchnorm", "cpp", 2)
+    # no conv bias: BatchNorm removes it, so its gradient is rounding noise around 0
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1, bias=False), ours)
+    twin = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1, bias=False), theirs)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(4, 3, 6, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(4, 3, 6, 5)
+    compiled = torch.compile(model, fullgraph=True)
+    (y, grads), code = run_and_get_code(lambda: step(compiled, x, dy))
+    assert len(code) == 2 and not any("torch.ops.fused_optim" in c for c in code)  # forward and backward
+    expected_y, expected_grads = step(twin, x, dy)
+    torch.testing.assert_close(y, expected_y, rtol=1e-5, atol=1e-5)
+    assert_all_close(grads, expected_grads, rtol=1e-4, atol=1e-5)
+    assert_all_close(list(ours.buffers()), list(theirs.buffers()))
+
+
+@pytest.mark.parametrize("inductor_first", [True, False], ids=["inductor-first", "fused-optim-first"])
+def test_lowerings_reach_inductor_in_either_import_order(inductor_first):
+    import subprocess
+    import sys
+
+    imports = ["import torch._inductor.decomposition as d", "import fused_optim"]
+    if not inductor_first:
+        imports.reverse()
+    script = "; ".join(["import sys", "import torch", *imports,
+                        "import torch._inductor.decomposition as d",
+                        "ops = [torch.ops.fused_optim.batch_norm_forward.default,"
+                        " torch.ops.fused_optim.batch_norm_backward.default]",
+                        "print(all(op in d.decompositions and op in d.select_decomp_table() for op in ops))"])
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_import_does_not_load_inductor():
+    import subprocess
+    import sys
+
+    script = "import sys, torch, fused_optim; print('torch._inductor' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
