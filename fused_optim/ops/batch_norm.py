@@ -403,12 +403,9 @@ def _lowered_forward(x, weight, bias, running_mean, running_var, use_batch_stats
         return (_fake_like_layout(x), nan, nan.clone(),
                 *(x.new_empty((0,)) if t is None else t.clone() for t in (running_mean, running_var)))
     mean, var = running_mean, running_var
-    if use_batch_stats:  # the reference's batch statistics; it normalizes with given ones alike
-        xf = x.to(compute)
-        dims = [0] + list(range(2, x.dim()))
-        mean = xf.mean(dim=dims)
-        centered = xf - _channel_view(mean, x.dim())
-        var = (centered * centered).mean(dim=dims)
+    if use_batch_stats:  # the batch statistics in one reduction (inductor's Welford), then normalized
+        # with as the reference normalizes with given ones
+        var, mean = torch.var_mean(x.to(compute), dim=[0] + list(range(2, x.dim())), correction=0)
     y, mean_used, rstd = reference.batch_norm_forward(x, _flat_compute(weight, compute), _flat_compute(bias, compute),
                                                       mean, var, False, momentum, eps)
     # new running statistics, as the kernels compute them (a lowering may not write to its inputs)
