@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+import torch._functorch.config
 import torch._inductor.config as inductor_config
 
 import fused_optim as fo
@@ -122,6 +123,10 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    # compile afresh: the on-disk caches key on the traced graph, in which fused_optim's ops are
+    # opaque, so they would serve code from an older version of the ops' inductor lowerings
+    inductor_config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
     machine = report.describe_machine(environment.environment(), "cpu")
     print(machine)
     rows = []
