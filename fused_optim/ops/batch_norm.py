@@ -427,6 +427,10 @@ def _lowered_backward(dy, x, weight, mean, rstd, used_batch_stats, need_dx, need
     if x.numel() == 0:  # as the op: zeros
         dx, dweight, dbias = (torch.zeros_like(_fake_like_layout(x)), x.new_zeros((channels,), dtype=compute),
                               x.new_zeros((channels,), dtype=compute))
+    elif used_batch_stats:  # torch's own decomposition: inductor fuses both sums into one loop nest
+        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+            dy, x, _flat_compute(weight, compute), None, None, mean, rstd, True, 0.0, [need_dx, need_dweight, need_dbias])
+        dx = _in_kernel_layout(dx, x) if need_dx else None
     else:
         dx, dweight, dbias = reference.batch_norm_backward(dy, x, _flat_compute(weight, compute), mean, rstd,
                                                            used_batch_stats, need_dx, need_dweight, need_dbias)
