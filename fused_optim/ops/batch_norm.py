@@ -382,7 +382,8 @@ def _(dy, x, weight, mean, rstd, used_batch_stats, need_dx, need_dweight, need_d
             x.new_empty((channels if need_dbias else 0,), dtype=compute))
 
 
-# Under inductor the two ops are lowered as torch ops (the reference's math), so that inductor
+# Under inductor the two ops are lowered as torch ops (the reference's math; in training the
+# backward is torch's own native_batch_norm_backward, whose two sums inductor fuses), so that inductor
 # fuses the normalization with what surrounds it: it runs convolutions channels_last and would
 # otherwise convert layouts to and from the opaque call (measured on the CPU: compiled Conv-BN
 # 0.73-0.93x of torch.nn's compiled). Everywhere else (eager, torch.export, make_fx, CUDA calls on
