@@ -6,6 +6,7 @@ checks the files.
 """
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -19,6 +20,18 @@ def _init(rank, world, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
+
+
+def _finish(results, out_dir, rank):
+    """Writes this rank's results, waits for every rank, and leaves without interpreter teardown:
+    gloo's worker threads can abort a process while it tears down after its work is done
+    ("terminate called without an active exception", SIGABRT), which would fail a test whose
+    results were all written and correct. A failure before this point still fails the test."""
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _mlp():
@@ -60,8 +73,7 @@ def ddp(rank, world, port, out_dir):
         opt = opt_cls(model.parameters(), lr=1e-2)
         norms = _train(model, opt, rank, lambda ps: clip(ps, 0.5))
         results[name] = ([p.detach().clone() for p in model.parameters()], torch.stack(norms))
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    _finish(results, out_dir, rank)
 
 
 def zero(rank, world, port, out_dir):
@@ -96,8 +108,7 @@ def zero(rank, world, port, out_dir):
             opt2.step()
         results[name] = [p.detach().clone() for p in model2.parameters()]
 
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    _finish(results, out_dir, rank)
 
 
 def fsdp2(rank, world, port, out_dir, mode):
@@ -150,8 +161,7 @@ def fsdp2(rank, world, port, out_dir, mode):
             dcp.load(state, checkpoint_id=ckpt)
             set_optimizer_state_dict(model2, opt2, state["optim"])
             results["resumed"] = (expected, _continue(model2, opt2, rank))
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    _finish(results, out_dir, rank)
 
 
 def _continue(model, opt, rank):
