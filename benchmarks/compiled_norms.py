@@ -32,10 +32,6 @@ def conv(norm=None):
     return torch.nn.Sequential(*layers, *([norm(32)] if norm else []))
 
 
-def conv_bn(norm):
-    return conv(norm)
-
-
 def conv_bn_relu(norm):
     return torch.nn.Sequential(*conv(norm), torch.nn.ReLU())
 
@@ -46,27 +42,40 @@ def linear_ln(norm):
 
 # name: (builder, fused_optim norm, torch.nn norm, input kind)
 CASES = {"conv (control)": (conv, None, None, "conv"),
-         "conv-bn": (conv_bn, fo.BatchNorm2d, torch.nn.BatchNorm2d, "conv"),
+         "conv-bn": (conv, fo.BatchNorm2d, torch.nn.BatchNorm2d, "conv"),
          "conv-bn-relu": (conv_bn_relu, fo.BatchNorm2d, torch.nn.BatchNorm2d, "conv"),
          "linear-ln": (linear_ln, fo.LayerNorm, torch.nn.LayerNorm, "linear")}
 
 
+def _with_compiled(prefix, model, kind):
+    """{label: (model, inductor config to compile it under or None)}: eager, compiled and, for the
+    conv models, compiled keeping the convolution NCHW."""
+    out = {f"{prefix}eager": (model, None), f"{prefix}compiled": (torch.compile(copy.deepcopy(model)), {})}
+    if kind == "conv":
+        out[f"{prefix}compiled, NCHW"] = (torch.compile(copy.deepcopy(model)), {"layout_optimization": False})
+    return out
+
+
 def variants(make, ours, theirs, kind):
-    """{label: (model, inductor config to compile it under or None)}"""
     if ours is None:
-        model = make()
-        out = {"eager": (model, None), "compiled": (torch.compile(copy.deepcopy(model)), {})}
-        if kind == "conv":
-            out["compiled, NCHW"] = (torch.compile(copy.deepcopy(model)), {"layout_optimization": False})
-        return out
+        return _with_compiled("", make(), kind)
     fo_model, torch_model = make(ours), make(theirs)
     torch_model.load_state_dict(fo_model.state_dict())
-    out = {"fo eager": (fo_model, None), "fo compiled": (torch.compile(copy.deepcopy(fo_model)), {}),
-           "torch eager": (torch_model, None), "torch compiled": (torch.compile(copy.deepcopy(torch_model)), {})}
-    if kind == "conv":
-        out["fo compiled, NCHW"] = (torch.compile(copy.deepcopy(fo_model)), {"layout_optimization": False})
-        out["torch compiled, NCHW"] = (torch.compile(copy.deepcopy(torch_model)), {"layout_optimization": False})
-    return out
+    return {**_with_compiled("fo ", fo_model, kind), **_with_compiled("torch ", torch_model, kind)}
+
+
+def interleaved(steps, rounds):
+    """{label: seconds per round}: every step once per round, back to back, after 3 of warm-up."""
+    for step in steps.values():
+        for _ in range(3):
+            step()
+    times = {label: [] for label in steps}
+    for _ in range(rounds):
+        for label, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[label].append(time.perf_counter() - start)
+    return times
 
 
 def time_case(name, rounds):
@@ -82,15 +91,7 @@ def time_case(name, rounds):
             with inductor_config.patch(config):
                 step()
         steps[label] = step
-    for step in steps.values():
-        for _ in range(3):
-            step()
-    times = {label: [] for label in steps}
-    for _ in range(rounds):
-        for label, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[label].append(time.perf_counter() - start)
+    times = interleaved(steps, rounds)
     base = "fo eager" if ours else "eager"
     ms = {label: statistics.median(t) * 1e3 for label, t in times.items()}
     # per-round ratios: each round times every variant back to back, so a slow moment of the
@@ -104,14 +105,7 @@ def time_case(name, rounds):
 def time_mask(rounds):
     x = torch.randn(SHAPES["conv"])
     compiled = torch.compile(lambda t: t <= 0)
-    for _ in range(3):
-        compiled(x)
-    times = {"compiled": [], "eager": []}
-    for _ in range(rounds):
-        for label, f in (("compiled", compiled), ("eager", lambda t: t <= 0)):
-            start = time.perf_counter()
-            f(x)
-            times[label].append(time.perf_counter() - start)
+    times = interleaved({"compiled": lambda: compiled(x), "eager": lambda: x <= 0}, rounds)
     return {label: statistics.median(t) * 1e3 for label, t in times.items()}
 
 

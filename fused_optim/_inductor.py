@@ -25,8 +25,9 @@ def _add(module):
 
     try:
         tables = [module.decompositions]
-        if hasattr(module, "fast_random_decomps"):  # a cached copy of the table, which compile_fx reads
-            tables.append(module.fast_random_decomps())
+        cached = getattr(module, "fast_random_decomps", None)  # a cached copy of it, which compile_fx reads
+        if cached is not None and cached.cache_info().currsize:  # built already: it lacks them
+            tables.append(cached())
         for table in tables:
             for op, lowering in batch_norm.inductor_lowerings().items():
                 table.setdefault(op, lowering)

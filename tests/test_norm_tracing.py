@@ -401,14 +401,15 @@ def test_inductor_fuses_batch_norm(channels_last):
     assert_all_close(list(ours.buffers()), list(theirs.buffers()))
 
 
-@pytest.mark.parametrize("inductor_first", [True, False], ids=["inductor-first", "fused-optim-first"])
-def test_lowerings_reach_inductor_in_either_import_order(inductor_first):
+@pytest.mark.parametrize("imports", [
+    ["import torch._inductor.decomposition as d", "import fused_optim"],
+    ["import torch._inductor.decomposition as d", "d.select_decomp_table()", "import fused_optim"],
+    ["import fused_optim", "import torch._inductor.decomposition as d"],
+], ids=["inductor-first", "inductor-table-built-first", "fused-optim-first"])
+def test_lowerings_reach_inductor_in_either_import_order(imports):
     import subprocess
     import sys
 
-    imports = ["import torch._inductor.decomposition as d", "import fused_optim"]
-    if not inductor_first:
-        imports.reverse()
     script = "; ".join(["import sys", "import torch", *imports,
                         "import torch._inductor.decomposition as d",
                         "ops = [torch.ops.fused_optim.batch_norm_forward.default,"

@@ -244,6 +244,23 @@ def _fake_like_layout(x):
     return _from_layout(torch.empty_like(x3, memory_format=torch.contiguous_format), layout, x.shape)
 
 
+def _empty_batch_forward(x, stats):
+    """The forward op's result for an empty batch: NaN statistics, the running ones unchanged."""
+    nan = x.new_full((x.shape[1],), float("nan"), dtype=reference.compute_dtype(x.dtype))
+    return _fake_like_layout(x), nan, nan.clone(), *stats
+
+
+def _backward_result(x, dx, dweight, dbias, need):
+    """The backward op's result: dx, dweight, dbias, empty where not needed, zeros for an empty
+    batch."""
+    compute = reference.compute_dtype(x.dtype)
+    if x.numel() == 0:
+        dx, dweight, dbias = (torch.zeros_like(_fake_like_layout(x)), x.new_zeros((x.shape[1],), dtype=compute),
+                              x.new_zeros((x.shape[1],), dtype=compute))
+    return (dx if need[0] else x.new_empty((0,)), dweight if need[1] else x.new_empty((0,), dtype=compute),
+            dbias if need[2] else x.new_empty((0,), dtype=compute))
+
+
 @torch.library.custom_op("fused_optim::batch_norm_forward", mutates_args=())
 def batch_norm_forward_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
                           running_var: Optional[Tensor], use_batch_stats: bool, momentum: float,
@@ -251,11 +268,9 @@ def batch_norm_forward_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Te
     """(y, mean, rstd, updated running_mean, updated running_var): y in the kernels' layout for x,
     per-channel statistics in the compute dtype (NaN for an empty batch). The running statistics
     are not changed: the kernels update copies, which the caller writes back (empty for None)."""
-    compute = reference.compute_dtype(x.dtype)
     stats = [x.new_empty((0,)) if t is None else t.clone() for t in (running_mean, running_var)]
     if x.numel() == 0:
-        nan = x.new_full((x.shape[1],), float("nan"), dtype=compute)
-        return _fake_like_layout(x), nan, nan.clone(), *stats
+        return _empty_batch_forward(x, stats)
     concrete = _backend.resolve(backend, x.device)
     _, _, _, y, mean, rstd = _kernel_forward(x, weight, bias, *(None if t is None else s for t, s in
                                                                  zip((running_mean, running_var), stats)),
@@ -358,19 +373,14 @@ def batch_norm_backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean
                            backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(dx in the kernels' layout for x, dweight, dbias in the compute dtype); empty where not
     needed, zeros for an empty batch."""
-    compute = reference.compute_dtype(x.dtype)
     need = (need_dx, need_dweight, need_dbias)
-    channels = x.shape[1]
-    if x.numel() == 0:
-        dx, dweight, dbias = (_fake_like_layout(x).zero_(), x.new_zeros((channels,), dtype=compute),
-                              x.new_zeros((channels,), dtype=compute))
-    else:
+    dx = dweight = dbias = None
+    if x.numel() > 0:
         concrete = _backend.resolve(backend, x.device)
         layout, x3 = _layout(x)
-        dx, dweight, dbias = _kernel_backward(dy, x3, layout, x.shape, _flat_compute(weight, compute), mean, rstd,
-                                              used_batch_stats, need, concrete)
-    return (dx if need_dx else x.new_empty((0,)), dweight if need_dweight else x.new_empty((0,), dtype=compute),
-            dbias if need_dbias else x.new_empty((0,), dtype=compute))
+        dx, dweight, dbias = _kernel_backward(dy, x3, layout, x.shape, _flat_compute(weight, reference.compute_dtype(
+            x.dtype)), mean, rstd, used_batch_stats, need, concrete)
+    return _backward_result(x, dx, dweight, dbias, need)
 
 
 @batch_norm_backward_op.register_fake
@@ -398,11 +408,10 @@ def _in_kernel_layout(t, x):
 
 
 def _lowered_forward(x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps, backend):
+    if x.numel() == 0:
+        return _empty_batch_forward(x, [x.new_empty((0,)) if t is None else t.clone()
+                                        for t in (running_mean, running_var)])
     compute = reference.compute_dtype(x.dtype)
-    if x.numel() == 0:  # as the op: NaN statistics, running ones unchanged
-        nan = x.new_full((x.shape[1],), float("nan"), dtype=compute)
-        return (_fake_like_layout(x), nan, nan.clone(),
-                *(x.new_empty((0,)) if t is None else t.clone() for t in (running_mean, running_var)))
     mean, var = running_mean, running_var
     if use_batch_stats:  # the batch statistics in one reduction (inductor's Welford), then normalized
         # with as the reference normalizes with given ones
@@ -423,21 +432,17 @@ def _lowered_forward(x, weight, bias, running_mean, running_var, use_batch_stats
 
 
 def _lowered_backward(dy, x, weight, mean, rstd, used_batch_stats, need_dx, need_dweight, need_dbias, backend):
-    compute = reference.compute_dtype(x.dtype)
-    channels = x.shape[1]
-    if x.numel() == 0:  # as the op: zeros
-        dx, dweight, dbias = (torch.zeros_like(_fake_like_layout(x)), x.new_zeros((channels,), dtype=compute),
-                              x.new_zeros((channels,), dtype=compute))
-    elif used_batch_stats:  # torch's own decomposition: inductor fuses both sums into one loop nest
-        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
-            dy, x, _flat_compute(weight, compute), None, None, mean, rstd, True, 0.0, [need_dx, need_dweight, need_dbias])
+    need = (need_dx, need_dweight, need_dbias)
+    dx = dweight = dbias = None
+    if x.numel() > 0:
+        weight = _flat_compute(weight, reference.compute_dtype(x.dtype))
+        if used_batch_stats:  # torch's own decomposition: inductor fuses both sums into one loop nest
+            dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(dy, x, weight, None, None, mean, rstd,
+                                                                           True, 0.0, list(need))
+        else:
+            dx, dweight, dbias = reference.batch_norm_backward(dy, x, weight, mean, rstd, False, *need)
         dx = _in_kernel_layout(dx, x) if need_dx else None
-    else:
-        dx, dweight, dbias = reference.batch_norm_backward(dy, x, _flat_compute(weight, compute), mean, rstd,
-                                                           used_batch_stats, need_dx, need_dweight, need_dbias)
-        dx = _in_kernel_layout(dx, x) if need_dx else None
-    return (dx if need_dx else x.new_empty((0,)), dweight if need_dweight else x.new_empty((0,), dtype=compute),
-            dbias if need_dbias else x.new_empty((0,), dtype=compute))
+    return _backward_result(x, dx, dweight, dbias, need)
 
 
 def inductor_lowerings():
