@@ -117,8 +117,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    # compile afresh: the on-disk caches key on the traced graph, in which fused_optim's ops are
-    # opaque, so they would serve code from an older version of the ops' inductor lowerings
+    # compile afresh, so that every variant's compile happens under this run's settings
     inductor_config.fx_graph_cache = False
     torch._functorch.config.enable_autograd_cache = False
     machine = report.describe_machine(environment.environment(), "cpu")

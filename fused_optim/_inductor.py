@@ -7,8 +7,15 @@ If inductor is already loaded, the lowerings are added at once; otherwise a one-
 ``sys.meta_path`` adds them right after ``torch._inductor.decomposition`` has executed. Should
 inductor's internals differ (another torch), nothing is added and the ops stay opaque to it:
 correct, only without fusion.
+
+torch.compile's on-disk caches (AOT autograd's, keyed on the traced graph, where the ops are opaque
+calls) cannot see a lowering: after an upgrade they would serve code generated from the old one.
+So the lowerings' identity, a hash of the sources they are made of, is appended to
+``torch.compiler.config.cache_key_tag``, which every compile cache puts in its key; a tag the user
+set stays in front of it.
 """
 
+import hashlib
 import importlib.abc
 import importlib.machinery
 import sys
@@ -17,11 +24,32 @@ _MODULE = "torch._inductor.decomposition"
 _added = False
 
 
+def lowering_tag(modules):
+    """"fused_optim-<version>-<hash>": the package version and a hash of the source files the
+    lowerings are made of (their module and the reference math they call)."""
+    from . import __version__
+
+    digest = hashlib.sha256()
+    for module in modules:
+        with open(module.__file__, "rb") as f:
+            digest.update(f.read())
+    return f"fused_optim-{__version__}-{digest.hexdigest()[:16]}"
+
+
+def _tag_compile_caches(tag):
+    import torch.compiler.config as compiler_config
+
+    current = compiler_config.cache_key_tag
+    if tag not in current.split():
+        compiler_config.cache_key_tag = f"{current} {tag}" if current else tag
+
+
 def _add(module):
     global _added
     if _added:
         return
     from .ops import batch_norm
+    from .reference import norm as reference
 
     try:
         tables = [module.decompositions]
@@ -31,6 +59,7 @@ def _add(module):
         for table in tables:
             for op, lowering in batch_norm.inductor_lowerings().items():
                 table.setdefault(op, lowering)
+        _tag_compile_caches(lowering_tag([batch_norm, reference, sys.modules[__name__]]))
     except Exception:  # noqa: BLE001 - another torch's internals: the ops stay opaque
         return
     _added = True

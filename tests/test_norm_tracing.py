@@ -428,3 +428,60 @@ def test_import_does_not_load_inductor():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_lowering_tag_follows_the_sources(tmp_path):
+    """The tag in the compile caches' key changes with any source file the lowerings are made of."""
+    import types
+
+    from fused_optim import __version__
+    from fused_optim._inductor import lowering_tag
+
+    files = [tmp_path / "a.py", tmp_path / "b.py"]
+    for i, f in enumerate(files):
+        f.write_text(f"x = {i}\n")
+    modules = [types.SimpleNamespace(__file__=str(f)) for f in files]
+    tag = lowering_tag(modules)
+    assert tag.startswith(f"fused_optim-{__version__}-") and tag == lowering_tag(modules)
+    files[1].write_text("x = 2\n")
+    assert lowering_tag(modules) != tag
+
+
+def test_compile_caches_are_keyed_on_the_lowerings(tmp_path):
+    """AOT autograd's on-disk cache, which keys on the traced graph where the ops are opaque, also
+    keys on the lowerings' tag: the same lowerings hit, other lowerings miss; a tag the user set
+    stays in the key."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import json, torch, fused_optim as fo
+import torch._inductor.decomposition
+from torch._dynamo.utils import counters
+from fused_optim._inductor import lowering_tag
+from fused_optim.ops import batch_norm
+from fused_optim.reference import norm
+import fused_optim._inductor as tagging
+cfg = torch.compiler.config
+ours = lowering_tag([batch_norm, norm, tagging])
+tag = cfg.cache_key_tag
+def run():
+    torch._dynamo.reset()
+    before = counters["aot_autograd"]["autograd_cache_hit"]
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, bias=False), fo.BatchNorm2d(3))
+    torch.compile(model)(torch.randn(2, 3, 6, 6)).sum().backward()
+    return counters["aot_autograd"]["autograd_cache_hit"] > before
+first, again = run(), run()
+cfg.cache_key_tag = tag.replace(ours, "fused_optim-0-another")
+other = run()
+print(json.dumps(dict(tag=tag, ours=ours, hits=[first, again, other])))
+"""
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path), TORCH_COMPILE_CACHE_KEY_TAG="mine",
+               TORCHINDUCTOR_FX_GRAPH_CACHE="1", TORCHINDUCTOR_AUTOGRAD_CACHE="1")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["tag"] == f"mine {result['ours']}"
+    assert result["hits"] == [False, True, False]
