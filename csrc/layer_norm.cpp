@@ -4,6 +4,8 @@
 // cache) and writes it once. Backward reads x and dy once per row and writes dx; the weight and
 // bias gradients are summed per piece of rows (a few pieces per thread), in float blocks of rows
 // flushed into double partials, and the pieces' partials are added at the end, in piece order.
+// When dx and those gradients are both wanted, rows go four at a time: their terms are added in
+// registers before they reach the block partials.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -100,6 +102,67 @@ FUSED_OPTIM_INLINE void forward_rows_any(const ForwardArgs<T>& a, int64_t begin,
 // added into the thread's double partials: short float sums, exact-enough totals over many rows.
 constexpr int64_t kGradRowBlock = 32;
 
+// dx of rows r..r+3 and their dweight/dbias terms added into block_dw/block_db:
+// the four rows' sums in one loop (eight independent accumulators), and their four terms added
+// in registers before one update of the block partials (a row at a time, those updates are two
+// loads and two stores per element). dx is computed exactly as a row at a time.
+template <typename T, bool HAS_WEIGHT>
+FUSED_OPTIM_INLINE void backward_four_rows(const BackwardArgs<T>& a, int64_t r, compute_t<T>* __restrict block_dw,
+                                           compute_t<T>* __restrict block_db) {
+  using C = compute_t<T>;
+  const int64_t n = a.n;
+  const C* __restrict weight = a.weight;
+  const C inv_n = C(1) / C(n);
+  const T* __restrict x0 = a.x + r * n;
+  const T* __restrict x1 = x0 + n;
+  const T* __restrict x2 = x1 + n;
+  const T* __restrict x3 = x2 + n;
+  const T* __restrict dy0 = a.dy + r * n;
+  const T* __restrict dy1 = dy0 + n;
+  const T* __restrict dy2 = dy1 + n;
+  const T* __restrict dy3 = dy2 + n;
+  const C m0 = a.mean[r], m1 = a.mean[r + 1], m2 = a.mean[r + 2], m3 = a.mean[r + 3];
+  const C s0 = a.rstd[r], s1 = a.rstd[r + 1], s2 = a.rstd[r + 2], s3 = a.rstd[r + 3];
+  C g0 = 0, g1 = 0, g2 = 0, g3 = 0, h0 = 0, h1 = 0, h2 = 0, h3 = 0;  // sums of g and of g * xhat
+#pragma omp simd reduction(+ : g0, g1, g2, g3, h0, h1, h2, h3)
+  for (int64_t i = 0; i < n; ++i) {
+    const C w = HAS_WEIGHT ? weight[i] : C(1);
+    const C e0 = HAS_WEIGHT ? load(dy0[i]) * w : load(dy0[i]);
+    const C e1 = HAS_WEIGHT ? load(dy1[i]) * w : load(dy1[i]);
+    const C e2 = HAS_WEIGHT ? load(dy2[i]) * w : load(dy2[i]);
+    const C e3 = HAS_WEIGHT ? load(dy3[i]) * w : load(dy3[i]);
+    g0 += e0;
+    g1 += e1;
+    g2 += e2;
+    g3 += e3;
+    h0 += e0 * ((load(x0[i]) - m0) * s0);
+    h1 += e1 * ((load(x1[i]) - m1) * s1);
+    h2 += e2 * ((load(x2[i]) - m2) * s2);
+    h3 += e3 * ((load(x3[i]) - m3) * s3);
+  }
+  const C mg0 = g0 * inv_n, mg1 = g1 * inv_n, mg2 = g2 * inv_n, mg3 = g3 * inv_n;
+  const C mh0 = h0 * inv_n, mh1 = h1 * inv_n, mh2 = h2 * inv_n, mh3 = h3 * inv_n;
+  T* __restrict dx0 = a.dx + r * n;
+  T* __restrict dx1 = dx0 + n;
+  T* __restrict dx2 = dx1 + n;
+  T* __restrict dx3 = dx2 + n;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const C w = HAS_WEIGHT ? weight[i] : C(1);
+    const C d0 = load(dy0[i]), d1 = load(dy1[i]), d2 = load(dy2[i]), d3 = load(dy3[i]);
+    const C xh0 = (load(x0[i]) - m0) * s0;
+    const C xh1 = (load(x1[i]) - m1) * s1;
+    const C xh2 = (load(x2[i]) - m2) * s2;
+    const C xh3 = (load(x3[i]) - m3) * s3;
+    dx0[i] = store_as<T>(s0 * ((HAS_WEIGHT ? d0 * w : d0) - mg0 - xh0 * mh0));
+    dx1[i] = store_as<T>(s1 * ((HAS_WEIGHT ? d1 * w : d1) - mg1 - xh1 * mh1));
+    dx2[i] = store_as<T>(s2 * ((HAS_WEIGHT ? d2 * w : d2) - mg2 - xh2 * mh2));
+    dx3[i] = store_as<T>(s3 * ((HAS_WEIGHT ? d3 * w : d3) - mg3 - xh3 * mh3));
+    block_dw[i] += (d0 * xh0 + d1 * xh1) + (d2 * xh2 + d3 * xh3);
+    block_db[i] += (d0 + d1) + (d2 + d3);
+  }
+}
+
 // dx of rows [begin, end) and, when block_dw is not null, their dweight/dbias added into
 // thread_dw/thread_db (double, n each) through block_dw/block_db (compute type, n each).
 template <typename T, bool HAS_WEIGHT, bool NEED_DX, bool NEED_DWB>
@@ -116,7 +179,13 @@ FUSED_OPTIM_INLINE void backward_rows_body(const BackwardArgs<T>& a, int64_t beg
       std::fill(block_dw, block_dw + n, C(0));
       std::fill(block_db, block_db + n, C(0));
     }
-    for (int64_t r = block; r < block_end; ++r) {
+    int64_t r = block;
+    if (NEED_DX && NEED_DWB) {  // dx alone runs faster a row at a time (measured)
+      for (; r + 4 <= block_end; r += 4) {
+        backward_four_rows<T, HAS_WEIGHT>(a, r, block_dw, block_db);
+      }
+    }
+    for (; r < block_end; ++r) {
       const T* __restrict x = a.x + r * n;
       const T* __restrict dy = a.dy + r * n;
       const C mean = a.mean[r];
@@ -321,12 +390,17 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_backward_into(const at::Tensor& dy
   dispatch_storage(compute, "layer_norm_backward", [&](auto* tag) {
     using C = std::remove_pointer_t<decltype(tag)>;
     C* t = static_cast<C*>(totals.data_ptr());
-    for (int64_t i = 0; i < 2 * n; ++i) {
-      double total = 0;
-      for (int64_t piece = 0; piece < pieces; ++piece) {
-        total += piece_sums[size_t(piece) * 2 * n + i];
+    // The pieces' partials added in piece order, a whole piece at a time (contiguous, vectorized).
+    double* total = piece_sums.data();
+    for (int64_t piece = 1; piece < pieces; ++piece) {
+      const double* __restrict part = piece_sums.data() + size_t(piece) * 2 * n;
+#pragma omp simd
+      for (int64_t i = 0; i < 2 * n; ++i) {
+        total[i] += part[i];
       }
-      t[i] = C(total);
+    }
+    for (int64_t i = 0; i < 2 * n; ++i) {
+      t[i] = C(total[i]);
     }
   });
   return {need_dweight ? totals[0] : at::Tensor(), need_dbias ? totals[1] : at::Tensor()};

@@ -189,6 +189,38 @@ def test_partial_gradients(backend_device):
     assert_matches(dx, expected[1], torch.float32)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows", [5, 37, 70, 133])
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_many_rows_every_gradient(rows, affine, dtype, threads):
+    """Row counts that leave the kernels' four-row groups and 32-row blocks with remainders, per
+    piece of rows, at 1 and 2 threads: every gradient and every combination of them."""
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, weight, bias, dy = make((rows, 24), (24,), dtype, "cpu", affine=affine, seed=rows,
+                                   param_dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        for wanted in ((True, True, True), (True, False, False), (False, True, True)):
+            if weight is None and not wanted[0]:
+                continue
+            xs, ws, bs = (None if t is None else t.detach().clone().requires_grad_(want)
+                          for t, want in zip((x, weight, bias), wanted))
+            inputs = [t for t in (xs, ws, bs) if t is not None and t.requires_grad]
+            grads = torch.autograd.grad(fo.layer_norm(xs, (24,), ws, bs, backend="cpp"), inputs, dy)
+            if dtype == torch.float64:
+                expected = torch.autograd.grad(F.layer_norm(xs, (24,), ws, bs), inputs, dy)
+                for actual, want in zip(grads, expected):
+                    torch.testing.assert_close(actual, want, rtol=1e-10, atol=1e-10)
+                continue
+            full = torch_float32(x, (24,), weight, bias, dy)[1:]
+            expected = [e for e, t in zip(full, (xs, ws, bs)) if t is not None and t.requires_grad]
+            for actual, want, t in zip(grads, expected, inputs):
+                assert_matches(actual, want, t.dtype, atol=1e-5 * rows**0.5)
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
 def test_empty_input(backend_device):
     backend, device = backend_device
     x, weight, bias, _ = make((0, 5), (5,), torch.float32, device)
