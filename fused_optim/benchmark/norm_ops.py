@@ -125,9 +125,12 @@ def _channels(inputs):
     return inputs.x.shape[1]
 
 
+# The C++ norm layers against torch's native ones on the CPU, fwd+bwd: at least 10% faster.
+CPU_NORM_SPEEDUP = 1.1
+
 LN_TARGETS = tuple(Target(w, "fused_optim triton", "speedup_vs", 1.0, against="torch native")
                    for w in ("ln-1024", "ln-8192", "ln-16384")) + tuple(
-    Target(w, "fused_optim cpp", "speedup_vs", 1.0, against="torch native", device_type="cpu")
+    Target(w, "fused_optim cpp", "speedup_vs", CPU_NORM_SPEEDUP, against="torch native", device_type="cpu")
     for w in ("ln-1024", "ln-8192"))
 
 LAYER_NORM_OP = Op(
@@ -165,7 +168,8 @@ def batch_norm_op(channels_last):
             name, fo_norm.BatchNorm2d, lambda d, t: _batch_norm_check_inputs(d, t, channels_last), _channels, device,
             dtype),
         targets=(Target("resnet-bn", "fused_optim triton", "speedup_vs", 0.8, against="torch native"),
-                 Target("resnet-bn", "fused_optim cpp", "speedup_vs", 1.0, against="torch native", device_type="cpu")),
+                 Target("resnet-bn", "fused_optim cpp", "speedup_vs", CPU_NORM_SPEEDUP, against="torch native",
+                        device_type="cpu")),
     )
 
 
