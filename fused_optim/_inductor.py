@@ -24,11 +24,16 @@ _MODULE = "torch._inductor.decomposition"
 _added = False
 
 
-def lowering_tag(modules):
+def lowering_tag(modules=None):
     """"fused_optim-<version>-<hash>": the package version and a hash of the source files the
-    lowerings are made of (their module and the reference math they call)."""
+    lowerings are made of (default: their module, the reference math they call and this one)."""
     from . import __version__
 
+    if modules is None:
+        from .ops import batch_norm
+        from .reference import norm as reference
+
+        modules = [batch_norm, reference, sys.modules[__name__]]
     digest = hashlib.sha256()
     for module in modules:
         with open(module.__file__, "rb") as f:
@@ -49,7 +54,6 @@ def _add(module):
     if _added:
         return
     from .ops import batch_norm
-    from .reference import norm as reference
 
     try:
         tables = [module.decompositions]
@@ -59,10 +63,13 @@ def _add(module):
         for table in tables:
             for op, lowering in batch_norm.inductor_lowerings().items():
                 table.setdefault(op, lowering)
-        _tag_compile_caches(lowering_tag([batch_norm, reference, sys.modules[__name__]]))
     except Exception:  # noqa: BLE001 - another torch's internals: the ops stay opaque
         return
     _added = True
+    try:
+        _tag_compile_caches(lowering_tag())
+    except Exception:  # noqa: BLE001 - a torch without cache_key_tag: its caches keep their keys
+        pass
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -461,11 +461,8 @@ import json, torch, fused_optim as fo
 import torch._inductor.decomposition
 from torch._dynamo.utils import counters
 from fused_optim._inductor import lowering_tag
-from fused_optim.ops import batch_norm
-from fused_optim.reference import norm
-import fused_optim._inductor as tagging
 cfg = torch.compiler.config
-ours = lowering_tag([batch_norm, norm, tagging])
+ours = lowering_tag()
 tag = cfg.cache_key_tag
 def run():
     torch._dynamo.reset()
